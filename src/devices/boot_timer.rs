@@ -1,0 +1,73 @@
+//! The boot timer and the workload-status register: how a guest init tells ember "userspace
+//! reached" and "the workload exited with status N".
+//!
+//! The boot timer accepts both Firecracker conventions, so inits written for Firecracker work
+//! unchanged: the byte 123 written to I/O port 0x3f0, or to the MMIO byte at 0xc0000000.
+//! Port 0x3f1 is ember's own: the byte written is the `--exec` program's exit status.
+
+use std::sync::Arc;
+
+use super::bus::BusDevice;
+use crate::exit::ExitSignal;
+use crate::timing::{GuestEvent, GuestStamps};
+
+/// I/O port of the boot timer (offset 0) and the workload-status register (offset 1).
+pub const BOOT_TIMER_PORT: u64 = 0x3f0;
+/// Ports the device spans on the I/O bus.
+pub const BOOT_TIMER_PORT_LEN: u64 = 2;
+/// The value that means "userspace reached".
+pub const MAGIC_BOOT_COMPLETE: u8 = 123;
+
+/// The boot timer device; one instance sits on each bus.
+pub struct BootTimer {
+    stamps: Arc<GuestStamps>,
+    exit: Arc<ExitSignal>,
+}
+
+impl BootTimer {
+    /// A boot timer recording into `stamps` and reporting statuses to `exit`.
+    pub fn new(stamps: Arc<GuestStamps>, exit: Arc<ExitSignal>) -> Self {
+        Self { stamps, exit }
+    }
+}
+
+impl BusDevice for BootTimer {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(&value) = data.first() else { return };
+        match offset {
+            0 if value == MAGIC_BOOT_COMPLETE => {
+                if self.stamps.mark(GuestEvent::UserspaceReached) {
+                    if let Some(t) = self.stamps.get(GuestEvent::UserspaceReached) {
+                        log::info!("guest boot complete: userspace reached {:.3} ms after start", t.as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            1 => self.exit.set_guest_status(value),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn only_the_magic_value_stamps() {
+        let stamps = Arc::new(GuestStamps::new(Instant::now()));
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut t = BootTimer::new(stamps.clone(), exit.clone());
+        t.write(0, &[1]);
+        assert!(stamps.get(GuestEvent::UserspaceReached).is_none());
+        t.write(0, &[123, 0, 0, 0]);
+        assert!(stamps.get(GuestEvent::UserspaceReached).is_some());
+        t.write(1, &[7]);
+        assert_eq!(exit.guest_status(), Some(7));
+        t.write(5, &[]);
+    }
+}

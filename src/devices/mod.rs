@@ -1,0 +1,6 @@
+//! Devices ember emulates in userspace. The PIC, IOAPIC, LAPIC and PIT live in KVM.
+
+pub mod boot_timer;
+pub mod bus;
+pub mod i8042;
+pub mod serial;

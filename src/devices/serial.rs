@@ -1,0 +1,211 @@
+//! The serial console: a 16550A at 0x3f8 (vm-superio) raising IRQ 4 through an irqfd. Guest
+//! output goes to the host's stdout as it is written; the console watcher stamps the first
+//! byte and notices a guest kernel panic on its way past.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::bus::{BusDevice, lock};
+use crate::timing::{GuestEvent, GuestStamps};
+
+/// COM1's first port.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Ports a 16550A spans.
+pub const COM1_PORT_LEN: u64 = 8;
+/// COM1's ISA interrupt line.
+pub const COM1_IRQ: u32 = 4;
+/// The line Linux prints when it panics; what follows it is the reason.
+const PANIC_MARKER: &str = "Kernel panic - not syncing: ";
+/// Longest console line the panic watcher keeps (the rest of a longer line is dropped).
+const LINE_MAX: usize = 512;
+
+/// An eventfd the serial device writes to raise its interrupt (registered as an irqfd).
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Wakes the input side of the event loop when the guest has drained the receive FIFO, so
+/// ember reads more of stdin only when the guest can take it.
+pub struct InputEvents {
+    /// Written when the FIFO becomes empty.
+    pub fifo_drained: EventFd,
+}
+
+impl SerialEvents for InputEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.fifo_drained.write(1);
+    }
+}
+
+/// What the guest's console said that ember acts on.
+#[derive(Debug, Default)]
+pub struct ConsoleWatch {
+    /// The panic reason, once the guest printed one.
+    pub panic: Option<String>,
+    line: Vec<u8>,
+}
+
+impl ConsoleWatch {
+    /// Feeds one output byte.
+    pub fn feed(&mut self, byte: u8) {
+        if byte == b'\n' {
+            if self.panic.is_none() {
+                let line = String::from_utf8_lossy(&self.line);
+                if let Some(pos) = line.find(PANIC_MARKER) {
+                    let reason = line[pos + PANIC_MARKER.len()..].trim_end();
+                    self.panic = Some(reason.to_string());
+                }
+            }
+            self.line.clear();
+        } else if self.line.len() < LINE_MAX {
+            self.line.push(byte);
+        }
+    }
+}
+
+/// The console's output side: the host writer plus the watcher.
+pub struct ConsoleOut {
+    out: Box<dyn Write + Send>,
+    stamps: Arc<GuestStamps>,
+    watch: Arc<Mutex<ConsoleWatch>>,
+}
+
+impl ConsoleOut {
+    /// Output to `out`, stamping into `stamps`, watching into `watch`.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        stamps: Arc<GuestStamps>,
+        watch: Arc<Mutex<ConsoleWatch>>,
+    ) -> Self {
+        Self { out, stamps, watch }
+    }
+}
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            self.stamps.mark(GuestEvent::FirstConsoleByte);
+            let mut watch = lock(&self.watch);
+            for &b in buf {
+                watch.feed(b);
+            }
+        }
+        // The guest's bytes are dropped, not queued, when the host side fails (a closed
+        // stdout): a guest must not be able to grow ember's memory.
+        match self.out.write(buf) {
+            Ok(n) => Ok(n),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// The 16550A as ember's bus sees it.
+pub type SerialUart = Serial<EventFdTrigger, InputEvents, ConsoleOut>;
+
+/// The serial device on the I/O bus.
+pub struct SerialDevice {
+    /// The emulated UART.
+    pub uart: SerialUart,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `out`.
+    pub fn new(irq: EventFd, out: ConsoleOut) -> std::io::Result<(Self, EventFd)> {
+        let fifo_drained = EventFd::new(EFD_NONBLOCK)?;
+        let events = InputEvents {
+            fifo_drained: fifo_drained.try_clone()?,
+        };
+        let uart = Serial::with_events(EventFdTrigger(irq), events, out);
+        Ok((Self { uart }, fifo_drained))
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.uart.write(off, value) {
+                log::debug!("serial write at offset {off}: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn panic_line_is_caught() {
+        let mut w = ConsoleWatch::default();
+        for b in b"[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\nmore\n" {
+            w.feed(*b);
+        }
+        assert_eq!(w.panic.as_deref(), Some("VFS: Unable to mount root fs"));
+    }
+
+    #[test]
+    fn long_lines_stay_bounded() {
+        let mut w = ConsoleWatch::default();
+        for _ in 0..100_000 {
+            w.feed(b'x');
+        }
+        assert!(w.line.len() <= LINE_MAX);
+        assert!(w.panic.is_none());
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_and_garbage() {
+        let stamps = Arc::new(GuestStamps::new(Instant::now()));
+        let sink = Sink::default();
+        let out = ConsoleOut::new(Box::new(sink.clone()), stamps.clone(), Default::default());
+        let (mut dev, _drained) = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
+        dev.write(0, b"h");
+        dev.write(0, b"i");
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+        assert!(stamps.get(GuestEvent::FirstConsoleByte).is_some());
+        for off in 0..300u64 {
+            let mut d = [0u8; 4];
+            dev.read(off, &mut d);
+            dev.write(off, &[0xff, 0xff]);
+            dev.write(off, &[]);
+        }
+    }
+}

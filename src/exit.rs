@@ -1,0 +1,130 @@
+//! Why a VM stopped, and the one eventfd every stopper (i8042 reset, a vCPU, a signal) writes
+//! so the event loop wakes up. The first reason recorded wins.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::devices::bus::lock;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine: i8042 reset pulse (`reboot=k`), KVM system-event reset.
+    Reset,
+    /// The guest asked to power off (KVM system event).
+    PowerOff,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN, or its PVM form).
+    TripleFault {
+        /// The vCPU.
+        cpu: u32,
+    },
+    /// KVM could not run guest code (KVM_EXIT_INTERNAL_ERROR).
+    InternalError {
+        /// The vCPU.
+        cpu: u32,
+        /// KVM's suberror.
+        suberror: u32,
+        /// The guest instruction pointer, if it could be read.
+        rip: Option<u64>,
+    },
+    /// Any other exit ember cannot continue from.
+    VcpuFailed {
+        /// The vCPU.
+        cpu: u32,
+        /// What happened, in words.
+        what: String,
+    },
+    /// The host asked ember to stop (SIGINT, SIGTERM, SIGHUP).
+    Signal(i32),
+    /// The user typed the console escape (Ctrl-A x).
+    Escape,
+}
+
+/// Shared between the devices, the vCPU threads and the event loop.
+pub struct ExitSignal {
+    evt: EventFd,
+    reason: Mutex<Option<ExitReason>>,
+    stopping: AtomicBool,
+    guest_status: AtomicI32,
+}
+
+/// Errors creating the exit eventfd.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the exit eventfd: {0}")]
+pub struct ExitSignalError(#[from] std::io::Error);
+
+impl ExitSignal {
+    /// A fresh signal with no reason recorded.
+    pub fn new() -> Result<Self, ExitSignalError> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            reason: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            guest_status: AtomicI32::new(-1),
+        })
+    }
+
+    /// Records `reason` (unless one is already recorded) and wakes the event loop.
+    pub fn request(&self, reason: ExitReason) {
+        {
+            let mut r = lock(&self.reason);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        // An eventfd write only fails when the counter would overflow, i.e. it is already set.
+        let _ = self.evt.write(1);
+    }
+
+    /// Whether a stop was requested: vCPU loops check this after every exit.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The recorded reason.
+    pub fn reason(&self) -> Option<ExitReason> {
+        lock(&self.reason).clone()
+    }
+
+    /// The eventfd the event loop waits on.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// Records the status the guest reported for its workload (`--exec`).
+    pub fn set_guest_status(&self, status: u8) {
+        self.guest_status.store(i32::from(status), Ordering::SeqCst);
+    }
+
+    /// The workload status the guest reported, if it did.
+    pub fn guest_status(&self) -> Option<u8> {
+        u8::try_from(self.guest_status.load(Ordering::SeqCst)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitSignal::new().unwrap();
+        assert!(!s.is_stopping());
+        s.request(ExitReason::Reset);
+        s.request(ExitReason::Signal(15));
+        assert!(s.is_stopping());
+        assert_eq!(s.reason(), Some(ExitReason::Reset));
+        assert_eq!(s.eventfd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn guest_status() {
+        let s = ExitSignal::new().unwrap();
+        assert_eq!(s.guest_status(), None);
+        s.set_guest_status(42);
+        assert_eq!(s.guest_status(), Some(42));
+    }
+}

@@ -1,0 +1,289 @@
+//! The `ember` command: clap → VmConfig → Vmm → exit code.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use ember::arch::x86_64::boot;
+use ember::config::{self, ConfigError, InitrdChoice, VmConfig};
+use ember::exit::ExitReason;
+use ember::kvm::{HostFlavour, KvmError};
+use ember::vmm::{InitrdImage, VmOutcome, VmSpec, Vmm, VmmError};
+use ember::{initramfs, terminal};
+
+/// Process exit codes. docs and README list them; tests assert them.
+mod code {
+    /// ember failed on the host side (an ioctl, memory, a thread).
+    pub const HOST_ERROR: u8 = 1;
+    /// Bad input: usage, configuration, a kernel or initrd that cannot be loaded.
+    pub const BAD_INPUT: u8 = 2;
+    /// /dev/kvm missing, not permitted or lacking a capability.
+    pub const NO_KVM: u8 = 3;
+    /// The guest kernel panicked.
+    pub const GUEST_PANIC: u8 = 4;
+    /// KVM_EXIT_INTERNAL_ERROR: the host could not run a guest instruction.
+    pub const INTERNAL_ERROR: u8 = 5;
+    /// Another vCPU exit ember cannot continue from.
+    pub const VCPU_FAILED: u8 = 6;
+    /// ember itself panicked (a bug).
+    pub const EMBER_PANIC: u8 = 7;
+    /// `--exec`: the guest stopped without reporting the program's status.
+    pub const NO_STATUS: u8 = 8;
+    /// Stopped by a signal: 128 + the signal number (130 SIGINT, 143 SIGTERM); the console
+    /// escape Ctrl-A x counts as SIGINT.
+    pub const SIGNAL_BASE: u8 = 128;
+}
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "A lean KVM micro-VM monitor: boots Linux guests in milliseconds")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest and attach its serial console to this terminal.
+    Run(RunArgs),
+    /// Describe this host's KVM: API version, capabilities, vCPU limit, hardware or PVM.
+    Host,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel image: an x86_64 ELF vmlinux (PVH note or 64-bit entry) or a bzImage.
+    /// Default: $EMBER_KERNEL, else ~/.cache/ember/vmlinux (built by kernels/build.sh).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initrd image to hand the kernel instead of ember's built-in initramfs.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["exec", "no_initrd"])]
+    initrd: Option<PathBuf>,
+    /// Run this static program in the guest (packed into an in-memory initramfs); ember exits
+    /// with its exit status. Arguments follow `--`.
+    #[arg(long, value_name = "PROG", conflicts_with = "no_initrd")]
+    exec: Option<PathBuf>,
+    /// Boot without any initrd (bare kernels and tiny test guests).
+    #[arg(long)]
+    no_initrd: bool,
+    /// Kernel command line, replacing the default.
+    #[arg(long, value_name = "STR", default_value = config::DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_VCPUS)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "M", default_value_t = config::DEFAULT_MEM_MIB)]
+    mem_mib: u64,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+    /// Arguments for the --exec program.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
+}
+
+/// One-line stderr logger.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let level = r.level().as_str().to_ascii_lowercase();
+            // In raw mode a bare \n does not return the carriage.
+            let _ = write!(std::io::stderr(), "ember: {level}: {}\r\n", r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+/// An error on its way to becoming a message and an exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure { code: code::BAD_INPUT, message: e.to_string() }
+    }
+}
+
+impl From<VmmError> for Failure {
+    fn from(e: VmmError) -> Self {
+        let code = match &e {
+            VmmError::Kvm(KvmError::NoDevice | KvmError::NoPermission | KvmError::MissingCap(..) | KvmError::ApiVersion(_) | KvmError::Open(_)) => code::NO_KVM,
+            VmmError::Boot(_) | VmmError::TooManyVcpus { .. } | VmmError::Mptable(_) | VmmError::Memory(ember::memory::MemoryError::Map { .. }) => code::BAD_INPUT,
+            _ => code::HOST_ERROR,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    std::panic::set_hook(Box::new(|info| {
+        terminal::restore();
+        eprintln!("ember: internal error (a bug, please report it): {info}");
+        std::process::exit(i32::from(code::EMBER_PANIC));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Host => host(),
+        Command::Run(args) => run(args, start),
+    };
+    terminal::restore();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("ember: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn host() -> Result<u8, Failure> {
+    let report = ember::kvm::host_report().map_err(|e| Failure { code: code::NO_KVM, message: e.to_string() })?;
+    print!("{report}");
+    Ok(0)
+}
+
+fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
+    log::set_logger(&LOGGER).ok();
+    log::set_max_level(args.log_level);
+
+    let explicit_kernel = args.kernel.is_some();
+    let kernel = args.kernel.unwrap_or_else(config::default_kernel);
+    if !explicit_kernel && !kernel.exists() {
+        return Err(ConfigError::NoDefaultKernel(kernel).into());
+    }
+    let exec = args.exec.clone();
+    let initrd = match (args.initrd, args.exec, args.no_initrd) {
+        (Some(p), _, _) => InitrdChoice::File(p),
+        (None, Some(program), _) => InitrdChoice::Exec { program, args: args.args.clone() },
+        (None, None, true) => InitrdChoice::None,
+        (None, None, false) => InitrdChoice::BuiltIn,
+    };
+    if !args.args.is_empty() && exec.is_none() {
+        return Err(Failure {
+            code: code::BAD_INPUT,
+            message: "arguments after `--` go to the --exec program, but no --exec was given: add --exec PROG".into(),
+        });
+    }
+    let cfg = VmConfig { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, mem_mib: args.mem_mib };
+    cfg.validate()?;
+
+    let initrd = build_initrd(&cfg)?;
+    let flavour = HostFlavour::detect();
+    if flavour == HostFlavour::Pvm {
+        if let Ok(mut f) = File::open(&cfg.kernel) {
+            if boot::looks_like_linux(&mut f) {
+                log::warn!(
+                    "this /dev/kvm is PVM-based: a Linux guest boots 100-1000x slower than on hardware KVM, \
+                     may stop with KVM_EXIT_INTERNAL_ERROR, and cannot run userspace (see docs/hosts.md)"
+                );
+                if log::max_level() < log::LevelFilter::Warn {
+                    eprintln!("ember: warning: PVM-based /dev/kvm: Linux guests are slow here and their userspace does not run (docs/hosts.md)");
+                }
+            }
+        }
+    }
+
+    let is_tty = terminal::stdin_is_tty();
+    let spec = VmSpec {
+        kernel: cfg.kernel.display().to_string(),
+        initrd,
+        cmdline: cfg.cmdline.clone(),
+        vcpus: cfg.vcpus,
+        mem_size: cfg.mem_mib << 20,
+        console_out: Box::new(std::io::stdout()),
+        console_in: Some(libc::STDIN_FILENO),
+        console_in_is_tty: is_tty,
+        start,
+    };
+    let vmm = Vmm::build(spec)?;
+    terminal::enter_raw_mode();
+    let outcome = vmm.run();
+    terminal::restore();
+    let outcome = outcome?;
+    let _ = std::io::stdout().flush();
+    Ok(exit_code(&outcome, &cfg, flavour)?)
+}
+
+fn build_initrd(cfg: &VmConfig) -> Result<Option<InitrdImage>, Failure> {
+    let read = |what: &'static str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| Failure::from(ConfigError::File { what, path: p.clone(), reason: format!("cannot read it ({e})") }))
+    };
+    Ok(match &cfg.initrd {
+        InitrdChoice::None => None,
+        InitrdChoice::BuiltIn => Some(InitrdImage { name: "built-in initramfs".into(), bytes: initramfs::build(ember::GUEST_INIT, None) }),
+        InitrdChoice::File(p) => Some(InitrdImage { name: p.display().to_string(), bytes: read("initrd", p)? }),
+        InitrdChoice::Exec { program, args } => {
+            let bytes = read("--exec program", program)?;
+            let argv0 = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "exec".into());
+            let mut argv = vec![argv0];
+            argv.extend(args.iter().cloned());
+            Some(InitrdImage {
+                name: format!("initramfs for {}", program.display()),
+                bytes: initramfs::build(ember::GUEST_INIT, Some((&bytes, &argv))),
+            })
+        }
+    })
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+fn exit_code(outcome: &VmOutcome, cfg: &VmConfig, flavour: HostFlavour) -> Result<u8, Failure> {
+    let fail = |code, message: String| Err(Failure { code, message });
+    match outcome {
+        VmOutcome::Stopped { reason, status } => {
+            if let ExitReason::TripleFault { cpu } = reason {
+                log::info!("vCPU {cpu} triple-faulted; treated as a reset");
+            }
+            match (&cfg.initrd, status) {
+                (InitrdChoice::Exec { .. }, Some(s)) => Ok(*s),
+                (InitrdChoice::Exec { program, .. }, None) => fail(
+                    code::NO_STATUS,
+                    format!("the guest stopped before {} reported its exit status (see the console output above)", program.display()),
+                ),
+                _ => Ok(0),
+            }
+        }
+        VmOutcome::GuestPanic(msg) => fail(code::GUEST_PANIC, format!("guest kernel panic: {msg}")),
+        VmOutcome::Failed(ExitReason::InternalError { cpu, suberror, rip }) => {
+            let at = rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
+            let hint = if flavour == HostFlavour::Pvm {
+                "; this PVM-based /dev/kvm cannot emulate that instruction (see docs/hosts.md)"
+            } else {
+                ""
+            };
+            fail(code::INTERNAL_ERROR, format!("vCPU {cpu} stopped: KVM could not run a guest instruction (KVM_EXIT_INTERNAL_ERROR, suberror {suberror}){at}{hint}"))
+        }
+        VmOutcome::Failed(ExitReason::VcpuFailed { cpu, what }) => fail(code::VCPU_FAILED, format!("vCPU {cpu} stopped: {what}")),
+        VmOutcome::Failed(other) => fail(code::VCPU_FAILED, format!("the VM failed: {other:?}")),
+        VmOutcome::Interrupted(ExitReason::Signal(sig)) => {
+            fail(code::SIGNAL_BASE + *sig as u8, format!("stopped by {}; the VM was shut down", signal_name(*sig)))
+        }
+        VmOutcome::Interrupted(_) => fail(code::SIGNAL_BASE + libc::SIGINT as u8, "stopped from the console (Ctrl-A x)".into()),
+    }
+}

@@ -1,0 +1,94 @@
+//! Guest memory: anonymous mappings (faulted in lazily, so an 8 GiB guest costs only what it
+//! touches) laid around the 32-bit MMIO gap, one KVM memslot per region.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestAddress};
+
+use crate::arch::x86_64::layout;
+
+/// Errors creating or registering guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// mmap refused the size.
+    #[error("cannot map {mib} MiB of guest memory: {source}; lower --mem-mib")]
+    Map {
+        /// The size asked.
+        mib: u64,
+        /// The error.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// KVM refused a memslot.
+    #[error("KVM refused guest memory slot {slot} ({size} bytes at {addr:#x}): {source}")]
+    Slot {
+        /// The slot.
+        slot: u32,
+        /// Guest-physical start.
+        addr: u64,
+        /// Size in bytes.
+        size: u64,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Maps `mem_size` bytes of guest RAM.
+pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+        mib: mem_size >> 20,
+        source,
+    })
+}
+
+/// Registers every region of `mem` with KVM, one slot each.
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let region_desc = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: mem
+                .get_host_address(region.start_addr())
+                .map(|p| p as u64)
+                .unwrap_or(0),
+            flags: 0,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the Vmm keeps alive
+        // for as long as the VM fd exists.
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(|source| MemoryError::Slot {
+            slot,
+            addr: region_desc.guest_phys_addr,
+            size: region_desc.memory_size,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Total physical memory of the host in bytes (MemTotal), if readable.
+pub fn host_mem_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_follow_layout() {
+        let mem = create(5 << 30).unwrap();
+        let regions: Vec<(u64, u64)> = mem
+            .iter()
+            .map(|r| (r.start_addr().raw_value(), r.len()))
+            .collect();
+        assert_eq!(regions, layout::ram_ranges(5 << 30));
+    }
+}

@@ -1,0 +1,231 @@
+//! vCPUs: configuring each one, and the thread that runs it. A vCPU thread handles its exits
+//! by handing port and MMIO accesses to the buses; anything it cannot continue from becomes an
+//! exit reason on the shared exit signal. It never exits the process and never panics on guest
+//! input.
+
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::boot::EntryPoint;
+use crate::arch::x86_64::cpuid::{CpuTemplate, vcpu_cpuid};
+use crate::arch::x86_64::{interrupts, msr, regs};
+use crate::devices::bus::Bus;
+use crate::exit::{ExitReason, ExitSignal};
+
+/// KVM's internal-error suberror for a failed instruction emulation.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+/// KVM's system-event types.
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("vCPU {cpu}: {what}: {source}")]
+    Kvm {
+        /// The vCPU.
+        cpu: u32,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Building the MSR list failed.
+    #[error("vCPU {cpu}: {source}")]
+    Msr {
+        /// The vCPU.
+        cpu: u32,
+        /// The error.
+        source: msr::MsrError,
+    },
+    /// Writing boot structures failed.
+    #[error("vCPU {cpu}: {source}")]
+    Regs {
+        /// The vCPU.
+        cpu: u32,
+        /// The error.
+        source: regs::RegsError,
+    },
+    /// The vCPU thread could not be started.
+    #[error("cannot start the thread for vCPU {cpu}: {source}")]
+    Spawn {
+        /// The vCPU.
+        cpu: u32,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// One vCPU, configured and ready to run.
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u32,
+}
+
+/// What a vCPU needs to know to configure itself.
+pub struct VcpuSetup<'a> {
+    /// KVM's supported CPUID.
+    pub supported_cpuid: &'a CpuId,
+    /// All vCPUs in the VM.
+    pub cpu_count: u32,
+    /// CPUID shaping.
+    pub template: CpuTemplate,
+    /// Guest memory (for the boot CPU's GDT and page tables).
+    pub mem: &'a GuestMemoryMmap,
+    /// Guest memory size.
+    pub mem_size: u64,
+    /// Kernel entry.
+    pub entry: EntryPoint,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and configures CPUID, MSRs and LAPIC; the boot vCPU (id 0) also gets
+    /// its registers. The others wait, as on real hardware, for the guest's INIT-SIPI.
+    pub fn new(vm: &VmFd, id: u32, setup: &VcpuSetup) -> Result<Self, VcpuError> {
+        let kvm_err = |what| move |source| VcpuError::Kvm { cpu: id, what, source };
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create"))?;
+        let cpuid = vcpu_cpuid(setup.supported_cpuid, id, setup.cpu_count, setup.template);
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        let msrs = msr::boot_msrs().map_err(|source| VcpuError::Msr { cpu: id, source })?;
+        let set = fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+        if set != msrs.as_slice().len() {
+            log::debug!("vCPU {id}: KVM took {set} of {} boot MSRs", msrs.as_slice().len());
+        }
+        let mut lapic = fd.get_lapic().map_err(kvm_err("get LAPIC"))?;
+        interrupts::set_lint(&mut lapic);
+        fd.set_lapic(&lapic).map_err(kvm_err("set LAPIC"))?;
+        if id == 0 {
+            let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
+            let sregs = regs::setup_sregs(setup.mem, setup.mem_size, setup.entry, sregs)
+                .map_err(|source| VcpuError::Regs { cpu: id, source })?;
+            fd.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+            fd.set_regs(&regs::boot_regs(setup.entry))
+                .map_err(kvm_err("set regs"))?;
+            fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
+        }
+        Ok(Self { fd, id })
+    }
+
+    /// Starts the vCPU's thread; it enters the guest once `barrier` releases it.
+    pub fn spawn(
+        self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSignal>,
+        barrier: Arc<Barrier>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                barrier.wait();
+                self.run(&pio, &mmio, &exit);
+            })
+            .map_err(|source| VcpuError::Spawn { cpu: id, source })
+    }
+
+    /// The run loop: until a stop is requested or the vCPU cannot go on.
+    fn run(mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
+        let id = self.id;
+        while !exit.is_stopping() {
+            let outcome = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    if !pio.write(u64::from(port), data) {
+                        log::trace!("vCPU {id}: write to unhandled port {port:#x}: {data:x?}");
+                    }
+                    None
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    pio.read(u64::from(port), data);
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if !mmio.write(addr, data) {
+                        log::trace!("vCPU {id}: write to unhandled MMIO {addr:#x}");
+                    }
+                    None
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    mmio.read(addr, data);
+                    None
+                }
+                // With the in-kernel LAPIC a halted vCPU sleeps in KVM; an exit here is only
+                // a notification, and the guest is resumed.
+                Ok(VcpuExit::Hlt) => None,
+                Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault { cpu: id }),
+                Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::VcpuFailed {
+                        cpu: id,
+                        what: "the guest reported a crash (KVM system event)".into(),
+                    },
+                    other => ExitReason::VcpuFailed {
+                        cpu: id,
+                        what: format!("unknown KVM system event {other}"),
+                    },
+                }),
+                Ok(VcpuExit::InternalError) => Some(self.internal_error()),
+                Ok(VcpuExit::FailEntry(reason, _)) => Some(ExitReason::VcpuFailed {
+                    cpu: id,
+                    what: format!("KVM could not enter the guest (hardware entry failure {reason:#x})"),
+                }),
+                Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
+                Ok(other) => Some(ExitReason::VcpuFailed {
+                    cpu: id,
+                    what: format!("unexpected KVM exit {other:?}"),
+                }),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) => Some(ExitReason::VcpuFailed {
+                    cpu: id,
+                    what: format!("KVM_RUN failed: {e}"),
+                }),
+            };
+            if let Some(reason) = outcome {
+                exit.request(reason);
+                break;
+            }
+        }
+    }
+
+    /// Classifies KVM_EXIT_INTERNAL_ERROR. On PVM hosts a triple fault arrives this way rather
+    /// than as KVM_EXIT_SHUTDOWN; it is told apart by its suberror.
+    fn internal_error(&mut self) -> ExitReason {
+        // SAFETY: the exit reason says the `internal` member of the union is the valid one.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+        if suberror != KVM_INTERNAL_ERROR_EMULATION && is_triple_fault_suberror(suberror) {
+            return ExitReason::TripleFault { cpu: self.id };
+        }
+        ExitReason::InternalError {
+            cpu: self.id,
+            suberror,
+            rip,
+        }
+    }
+}
+
+/// Suberrors that mean the guest faulted while delivering a fault (a triple fault in the
+/// making): KVM_INTERNAL_ERROR_SIMUL_EX (2) and KVM_INTERNAL_ERROR_DELIVERY_EV (3).
+fn is_triple_fault_suberror(suberror: u32) -> bool {
+    matches!(suberror, 2 | 3)
+}
+
+/// Registers the no-op handler for the signal that kicks vCPU threads out of KVM_RUN.
+pub fn register_kick_signal() -> Result<(), vmm_sys_util::errno::Error> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+}
+
+/// The signal used to kick vCPU threads.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}

@@ -1,0 +1,511 @@
+//! The VMM: builds a VM from a [`VmSpec`] (boot steps 2-7 of docs/DESIGN.md), then runs it
+//! until the guest leaves (steps 8-10) and says how it ended.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::x86_64::boot::{self, BootError, EntryPoint, LoadedKernel};
+use crate::arch::x86_64::cpuid::CpuTemplate;
+use crate::arch::x86_64::{layout, mptable};
+use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
+use crate::devices::bus::{Bus, BusError, lock};
+use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice};
+use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
+use crate::kvm::{self, HostFlavour, KvmError};
+use crate::memory::{self, MemoryError};
+use crate::timing::GuestStamps;
+use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
+
+/// Where the TSS goes: three pages just below the IOAPIC, inside the MMIO gap.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// Ctrl-A, the console escape prefix (as in QEMU): Ctrl-A x stops the VM.
+const ESCAPE_PREFIX: u8 = 0x01;
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// KVM could not be opened or lacks something.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel or initrd failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The MP table failed.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A vCPU failed to set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// More vCPUs than KVM allows.
+    #[error("--vcpus {asked} is more than this host's KVM allows ({max}): use at most {max}")]
+    TooManyVcpus {
+        /// Asked.
+        asked: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// A device could not be placed.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// The exit eventfd failed.
+    #[error(transparent)]
+    ExitSignal(#[from] ExitSignalError),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what}: {source}")]
+    VmIoctl {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// A host resource (eventfd, epoll, signalfd, thread) failed.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+/// The initrd to hand the guest.
+pub struct InitrdImage {
+    /// What to call it in messages.
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Everything needed to build a VM, already validated.
+pub struct VmSpec {
+    /// Path of the kernel image.
+    pub kernel: String,
+    /// The initrd, if any.
+    pub initrd: Option<InitrdImage>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Where guest console output goes.
+    pub console_out: Box<dyn Write + Send>,
+    /// Where console input comes from (a pollable fd), if anywhere.
+    pub console_in: Option<RawFd>,
+    /// Whether console input is a terminal (enables the Ctrl-A x escape).
+    pub console_in_is_tty: bool,
+    /// The instant startup stamps are measured from.
+    pub start: Instant,
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest rebooted, powered off or triple-faulted; `status` is what its init reported
+    /// for the `--exec` workload, if it did.
+    Stopped {
+        /// The reason.
+        reason: ExitReason,
+        /// The workload's status.
+        status: Option<u8>,
+    },
+    /// The guest kernel panicked (seen on the console before it reset).
+    GuestPanic(String),
+    /// KVM_EXIT_INTERNAL_ERROR or another exit the vCPU cannot continue from.
+    Failed(ExitReason),
+    /// A host signal or the console escape stopped the VM.
+    Interrupted(ExitReason),
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    // Field order is drop order: vCPU fds before the VM, the VM before the memory it maps.
+    vcpus: Vec<Vcpu>,
+    _vm: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    console: Arc<Mutex<ConsoleWatch>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    fifo_drained: EventFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    console_in: Option<RawFd>,
+    console_in_is_tty: bool,
+    /// Guest-side startup stamps.
+    pub stamps: Arc<GuestStamps>,
+    /// How the guest enters.
+    pub entry: EntryPoint,
+    /// What backs /dev/kvm.
+    pub flavour: HostFlavour,
+}
+
+impl Vmm {
+    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs.
+    pub fn build(spec: VmSpec) -> Result<Self, VmmError> {
+        let flavour = HostFlavour::detect();
+        // Step 2: KVM and its capabilities.
+        let kvm = kvm::open()?;
+        let max = kvm::max_vcpus(&kvm);
+        if spec.vcpus > max {
+            return Err(VmmError::TooManyVcpus {
+                asked: spec.vcpus,
+                max,
+            });
+        }
+        // Step 3: the VM, its TSS, in-kernel irqchip and PIT.
+        let vm_err = |what| move |source| VmmError::VmIoctl { what, source };
+        let vm = kvm.create_vm().map_err(vm_err("create the VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(vm_err("set the TSS address"))?;
+        vm.create_irq_chip().map_err(vm_err("create the irqchip"))?;
+        vm.create_pit2(kvm_pit_config::default())
+            .map_err(vm_err("create the PIT"))?;
+
+        // Step 4: guest memory.
+        let mem = memory::create(spec.mem_size)?;
+        memory::register(&vm, &mem)?;
+
+        // Step 5: devices.
+        let host_err = |what| move |source| VmmError::Host { what, source };
+        let exit = Arc::new(ExitSignal::new()?);
+        let stamps = Arc::new(GuestStamps::new(spec.start));
+        let console = Arc::new(Mutex::new(ConsoleWatch::default()));
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(vm_err("register the serial irqfd"))?;
+        let out = ConsoleOut::new(spec.console_out, stamps.clone(), console.clone());
+        let (serial_dev, fifo_drained) =
+            SerialDevice::new(serial_irq, out).map_err(host_err("serial eventfd"))?;
+        let serial = Arc::new(Mutex::new(serial_dev));
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(stamps.clone(), exit.clone())));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+        pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT, I8042_PORT_LEN)?;
+        pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
+        let mut mmio = Bus::new();
+        mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
+
+        // Step 6: kernel, initrd, command line, MP table, boot parameters.
+        let mut file = File::open(&spec.kernel).map_err(|source| BootError::ReadKernel {
+            path: spec.kernel.clone(),
+            source,
+        })?;
+        let kernel: LoadedKernel = boot::load_kernel(&mem, spec.mem_size, &spec.kernel, &mut file)?;
+        let initrd = match &spec.initrd {
+            Some(img) => Some(boot::load_initrd(&mem, spec.mem_size, &kernel, &img.name, &img.bytes)?),
+            None => None,
+        };
+        boot::write_cmdline(&mem, &spec.cmdline)?;
+        mptable::write(&mem, spec.vcpus)?;
+        boot::write_boot_params(&mem, spec.mem_size, &kernel, spec.cmdline.len(), initrd)?;
+
+        // Step 7: vCPUs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VmmError::VmIoctl {
+                what: "read KVM's supported CPUID",
+                source,
+            })?;
+        let template = match flavour {
+            HostFlavour::Pvm => CpuTemplate::Pvm,
+            _ => CpuTemplate::Host,
+        };
+        let setup = VcpuSetup {
+            supported_cpuid: &supported,
+            cpu_count: spec.vcpus,
+            template,
+            mem: &mem,
+            mem_size: spec.mem_size,
+            entry: kernel.entry,
+        };
+        let vcpus = (0..spec.vcpus)
+            .map(|id| Vcpu::new(&vm, id, &setup))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _kvm: kvm,
+            _mem: mem,
+            exit,
+            console,
+            serial,
+            fifo_drained,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            console_in: spec.console_in,
+            console_in_is_tty: spec.console_in_is_tty,
+            stamps,
+            entry: kernel.entry,
+            flavour,
+        })
+    }
+
+    /// Runs the VM until the guest leaves, a vCPU fails, or a signal stops it.
+    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
+        let host_err = |what| move |source| VmmError::Host { what, source };
+        // Signals become events: block them here (vCPU threads inherit the mask) and read
+        // them from a signalfd in the event loop.
+        let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+            .map_err(host_err("signalfd"))?;
+        vcpu::register_kick_signal()
+            .map_err(|e| VmmError::Host { what: "kick signal handler", source: std::io::Error::from_raw_os_error(e.errno()) })?;
+
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(VmmError::EventLoop)?;
+        let controller = Arc::new(Mutex::new(Controller {
+            exit: self.exit.clone(),
+            serial: self.serial.clone(),
+            fifo_drained: self.fifo_drained.try_clone().map_err(host_err("eventfd"))?,
+            signals,
+            console_in: self.console_in,
+            input_state: InputState::Reading,
+            escape_armed: false,
+            escape_enabled: self.console_in_is_tty,
+        }));
+        em.add_subscriber(controller);
+
+        let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
+        let mut handles = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.spawn(self.pio.clone(), self.mmio.clone(), self.exit.clone(), barrier.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // Release the threads already waiting so they can see the stop.
+                    self.exit.request(ExitReason::VcpuFailed { cpu: 0, what: e.to_string() });
+                    barrier.wait();
+                    stop_vcpus(handles);
+                    return Err(e.into());
+                }
+            }
+        }
+        barrier.wait();
+
+        let mut loop_result = Ok(());
+        while !self.exit.is_stopping() {
+            if let Err(e) = em.run() {
+                loop_result = Err(VmmError::EventLoop(e));
+                self.exit.request(ExitReason::VcpuFailed { cpu: 0, what: "event loop failed".into() });
+            }
+        }
+        stop_vcpus(handles);
+        loop_result?;
+
+        let reason = self.exit.reason().unwrap_or(ExitReason::Reset);
+        let panic = lock(&self.console).panic.clone();
+        Ok(match reason {
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. } => match panic {
+                Some(msg) => VmOutcome::GuestPanic(msg),
+                None => VmOutcome::Stopped {
+                    reason,
+                    status: self.exit.guest_status(),
+                },
+            },
+            ExitReason::Signal(_) | ExitReason::Escape => VmOutcome::Interrupted(reason),
+            ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. } => VmOutcome::Failed(reason),
+        })
+    }
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it sees the stop, then joins it. A thread
+/// that does not stop within two seconds (stuck in a host write) is left behind, detached.
+fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for h in handles {
+        let mut pause = Duration::from_micros(50);
+        while !h.is_finished() && Instant::now() < deadline {
+            // SAFETY: the pthread id belongs to a thread we own and have not joined; the
+            // kick signal has a no-op handler installed.
+            unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            log::warn!("a vCPU thread did not stop in time; leaving it behind");
+        }
+    }
+}
+
+/// A signalfd for a set of signals, blocked in the calling thread while it lives.
+struct SignalFd {
+    fd: File,
+    old_mask: libc::sigset_t,
+}
+
+impl SignalFd {
+    fn new(signals: &[libc::c_int]) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let set = vmm_sys_util::signal::create_sigset(signals)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        // SAFETY: sigset_t is plain data; zeroed is a valid empty set to be filled.
+        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live sigset_t values.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: `set` is a valid sigset; -1 asks for a new fd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a fresh fd that nothing else owns.
+        Ok(Self {
+            fd: unsafe { File::from_raw_fd(fd) },
+            old_mask,
+        })
+    }
+
+    /// The next pending signal, if any.
+    fn read(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: the buffer is a live signalfd_siginfo of `size` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputState {
+    /// Reading stdin into the serial FIFO.
+    Reading,
+    /// The FIFO is full: stdin is off the poll set until the guest drains it.
+    Paused,
+    /// stdin hit EOF or cannot be polled: no more input, the guest runs on.
+    Closed,
+}
+
+/// The event loop's one subscriber: exit, signals, and console input with backpressure.
+struct Controller {
+    exit: Arc<ExitSignal>,
+    serial: Arc<Mutex<SerialDevice>>,
+    fifo_drained: EventFd,
+    signals: SignalFd,
+    console_in: Option<RawFd>,
+    input_state: InputState,
+    escape_armed: bool,
+    escape_enabled: bool,
+}
+
+impl Controller {
+    fn read_input(&mut self, fd: RawFd, ops: &mut EventOps) {
+        let capacity = lock(&self.serial).uart.fifo_capacity();
+        if capacity == 0 {
+            if ops.remove(Events::empty_raw(fd)).is_ok() {
+                self.input_state = InputState::Paused;
+            }
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let want = capacity.min(buf.len());
+        // SAFETY: reading into a live buffer of at least `want` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, want) };
+        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted) {
+            // EOF (or a broken stdin): the guest keeps running without input.
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.input_state = InputState::Closed;
+            return;
+        }
+        if n < 0 {
+            return;
+        }
+        let input = &buf[..n as usize];
+        let mut forward = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.escape_enabled && self.escape_armed {
+                self.escape_armed = false;
+                match b {
+                    b'x' | b'X' => {
+                        self.exit.request(ExitReason::Escape);
+                        return;
+                    }
+                    // Ctrl-A Ctrl-A sends one Ctrl-A.
+                    ESCAPE_PREFIX => forward.push(b),
+                    other => {
+                        forward.push(ESCAPE_PREFIX);
+                        forward.push(other);
+                    }
+                }
+            } else if self.escape_enabled && b == ESCAPE_PREFIX {
+                self.escape_armed = true;
+            } else {
+                forward.push(b);
+            }
+        }
+        let mut serial = lock(&self.serial);
+        if let Err(e) = serial.uart.enqueue_raw_bytes(&forward) {
+            log::debug!("serial input: {e:?}");
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.exit.eventfd().as_raw_fd() {
+            let _ = self.exit.eventfd().read();
+        } else if fd == self.signals.fd.as_raw_fd() {
+            while let Some(sig) = self.signals.read() {
+                self.exit.request(ExitReason::Signal(sig));
+            }
+        } else if fd == self.fifo_drained.as_raw_fd() {
+            let _ = self.fifo_drained.read();
+            if let (InputState::Paused, Some(input)) = (self.input_state, self.console_in) {
+                if ops.add(Events::new_raw(input, EventSet::IN)).is_ok() {
+                    self.input_state = InputState::Reading;
+                }
+            }
+        } else if Some(fd) == self.console_in {
+            if events.event_set().intersects(EventSet::IN) {
+                self.read_input(fd, ops);
+            } else if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                let _ = ops.remove(Events::empty_raw(fd));
+                self.input_state = InputState::Closed;
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.exit.eventfd(), EventSet::IN));
+        let _ = ops.add(Events::new(&self.signals.fd, EventSet::IN));
+        let _ = ops.add(Events::new(&self.fifo_drained, EventSet::IN));
+        if let Some(input) = self.console_in {
+            // A stdin that cannot be polled (/dev/null, a regular file) gives no input.
+            if ops.add(Events::new_raw(input, EventSet::IN)).is_err() {
+                log::debug!("console input fd {input} cannot be polled; the guest gets no input");
+                self.input_state = InputState::Closed;
+            }
+        }
+    }
+}
