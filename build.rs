@@ -18,7 +18,13 @@ fn build_guest_init(out: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out.join("guest-init");
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .arg("--manifest-path")
         .arg("guest/init/Cargo.toml")
         .arg("--target-dir")
@@ -50,9 +56,20 @@ fn build_test_guests(out: &Path) {
         .collect();
     sources.sort();
     for src in sources {
-        let name = src.file_stem().expect("file name").to_string_lossy().into_owned();
+        let name = src
+            .file_stem()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
         let status = Command::new(&cc)
-            .args(["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,-n", "-Wl,--no-warn-rwx-segments"])
+            .args([
+                "-nostdlib",
+                "-static",
+                "-no-pie",
+                "-Wl,--build-id=none",
+                "-Wl,-n",
+                "-Wl,--no-warn-rwx-segments",
+            ])
             .arg("-Wl,-T,tests/guests/guest.ld")
             .arg("-Itests/guests")
             .arg("-o")

@@ -15,6 +15,19 @@ use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 /// - `8250.nr_uarts=1`: one UART exists; don't probe four.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 pci=off 8250.nr_uarts=1";
+/// What ember adds to the default command line when /dev/kvm is PVM-based and the guest is
+/// Linux, so the kernel gets as far as such a host allows (docs/hosts.md). A PVM host imposes
+/// its own CPUID leaves 1, 7 and 0xd, so these features cannot be hidden through CPUID; the
+/// kernel is told instead:
+/// - `noxsave`: no XSAVE/XRSTOR (the host does not emulate XRSTOR in guest kernel mode);
+/// - `clearcpuid=popcnt,smap`: no POPCNT in bitmap code, no CLAC/STAC in entry code;
+/// - `no_int3_selftest`, `no_fpu_drop_fwait`: the project kernel's two small patches
+///   (kernels/patches/) skip the INT3 self-test and an FWAIT the host cannot emulate; other
+///   kernels ignore them.
+///
+/// All of them are also correct on hardware KVM, only slower, and ember never adds them there.
+pub const PVM_CMDLINE_EXTRA: &str =
+    "noxsave clearcpuid=popcnt,smap no_int3_selftest no_fpu_drop_fwait";
 /// Default vCPU count (as Firecracker and QEMU).
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Default guest memory in MiB (as Firecracker).
@@ -43,10 +56,14 @@ pub enum ConfigError {
     #[error("--vcpus 0: a VM needs at least one vCPU; pass --vcpus 1 or more")]
     NoVcpus,
     /// Memory too small.
-    #[error("--mem-mib {0}: below the minimum of {MIN_MEM_MIB} MiB; pass --mem-mib {MIN_MEM_MIB} or more")]
+    #[error(
+        "--mem-mib {0}: below the minimum of {MIN_MEM_MIB} MiB; pass --mem-mib {MIN_MEM_MIB} or more"
+    )]
     MemTooSmall(u64),
     /// Memory larger than the host.
-    #[error("--mem-mib {asked}: more than this host's {host} MiB of RAM; pass at most --mem-mib {host}")]
+    #[error(
+        "--mem-mib {asked}: more than this host's {host} MiB of RAM; pass at most --mem-mib {host}"
+    )]
     MemTooLarge {
         /// Asked, MiB.
         asked: u64,
@@ -60,7 +77,9 @@ pub enum ConfigError {
     #[error("--cmdline contains a NUL byte, which would end it early: remove it")]
     CmdlineNul,
     /// The exec program is dynamically linked.
-    #[error("--exec {0}: dynamically linked, but the guest has no shared libraries: build it static (gcc -static, or RUSTFLAGS='-C target-feature=+crt-static')")]
+    #[error(
+        "--exec {0}: dynamically linked, but the guest has no shared libraries: build it static (gcc -static, or RUSTFLAGS='-C target-feature=+crt-static')"
+    )]
     ExecDynamic(PathBuf),
     /// The exec program is not an ELF executable.
     #[error("--exec {0}: not an x86_64 ELF executable: pass a static Linux program")]
@@ -157,7 +176,9 @@ fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| not_elf())?) as usize;
     let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
     for i in 0..phnum {
-        let off = phoff.checked_add(i.checked_mul(phentsize).ok_or_else(not_elf)?).ok_or_else(not_elf)?;
+        let off = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or_else(not_elf)?)
+            .ok_or_else(not_elf)?;
         let Some(ph) = bytes.get(off..off + 4) else {
             return Err(not_elf());
         };
@@ -238,7 +259,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("--vcpus 0"));
         let mut c = config();
         c.mem_mib = 1;
-        assert!(c.validate().unwrap_err().to_string().contains("--mem-mib 1"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--mem-mib 1")
+        );
         let mut c = config();
         c.mem_mib = 1 << 40;
         assert!(matches!(c.validate(), Err(ConfigError::MemTooLarge { .. })));
@@ -247,7 +273,12 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
         let mut c = config();
         c.kernel = PathBuf::from("/nonexistent/vmlinux");
-        assert!(c.validate().unwrap_err().to_string().contains("/nonexistent/vmlinux"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/vmlinux")
+        );
         let mut c = config();
         c.kernel = PathBuf::from("/");
         assert!(c.validate().unwrap_err().to_string().contains("directory"));
@@ -256,7 +287,10 @@ mod tests {
     #[test]
     fn exec_must_be_static_elf() {
         let p = Path::new("x");
-        assert!(matches!(check_static_elf(p, b"#!/bin/sh\n"), Err(ConfigError::ExecNotElf(_))));
+        assert!(matches!(
+            check_static_elf(p, b"#!/bin/sh\n"),
+            Err(ConfigError::ExecNotElf(_))
+        ));
         // A minimal ELF64 header with one PT_INTERP program header.
         let mut elf = vec![0u8; 64 + 56];
         elf[..4].copy_from_slice(b"\x7fELF");
@@ -266,7 +300,10 @@ mod tests {
         elf[54..56].copy_from_slice(&56u16.to_le_bytes());
         elf[56..58].copy_from_slice(&1u16.to_le_bytes());
         elf[64..68].copy_from_slice(&3u32.to_le_bytes());
-        assert!(matches!(check_static_elf(p, &elf), Err(ConfigError::ExecDynamic(_))));
+        assert!(matches!(
+            check_static_elf(p, &elf),
+            Err(ConfigError::ExecDynamic(_))
+        ));
         elf[64..68].copy_from_slice(&1u32.to_le_bytes());
         check_static_elf(p, &elf).unwrap();
         // Program headers pointing past the end are not an executable.

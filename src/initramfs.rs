@@ -120,9 +120,20 @@ mod tests {
         let total = a.len();
         loop {
             assert_eq!(&a[..6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&a[6 + i * 8..14 + i * 8]).unwrap(), 16).unwrap();
-            let (mode, size, maj, min, namesize) = (field(1), field(6) as usize, field(9), field(10), field(11) as usize);
-            let name = std::str::from_utf8(&a[110..110 + namesize - 1]).unwrap().to_string();
+            let field = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&a[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                    .unwrap()
+            };
+            let (mode, size, maj, min, namesize) = (
+                field(1),
+                field(6) as usize,
+                field(9),
+                field(10),
+                field(11) as usize,
+            );
+            let name = std::str::from_utf8(&a[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(a[110 + namesize - 1], 0);
             let data_start = (110 + namesize).div_ceil(4) * 4;
             let data = a[data_start..data_start + size].to_vec();
@@ -141,12 +152,17 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = CpioWriter::new();
-        w.dir("d", 0o755).file("d/f", 0o644, b"hello").char_dev("c", 0o600, 5, 1);
+        w.dir("d", 0o755)
+            .file("d/f", 0o644, b"hello")
+            .char_dev("c", 0o600, 5, 1);
         let entries = parse(&w.finish());
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].0, "d");
         assert_eq!(entries[0].1, 0o040755);
-        assert_eq!(entries[1], ("d/f".to_string(), 0o100644, 0, 0, b"hello".to_vec()));
+        assert_eq!(
+            entries[1],
+            ("d/f".to_string(), 0o100644, 0, 0, b"hello".to_vec())
+        );
         assert_eq!(entries[2].1, 0o020600);
         assert_eq!((entries[2].2, entries[2].3), (5, 1));
     }

@@ -23,10 +23,14 @@ pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// /dev/kvm is missing.
-    #[error("/dev/kvm does not exist: load the kvm module (modprobe kvm_intel, kvm_amd or kvm_pvm) or run on a host with KVM")]
+    #[error(
+        "/dev/kvm does not exist: load the kvm module (modprobe kvm_intel, kvm_amd or kvm_pvm) or run on a host with KVM"
+    )]
     NoDevice,
     /// No permission on /dev/kvm.
-    #[error("no permission to open /dev/kvm: add your user to the group that owns it (usually kvm) or run as root")]
+    #[error(
+        "no permission to open /dev/kvm: add your user to the group that owns it (usually kvm) or run as root"
+    )]
     NoPermission,
     /// Opening failed otherwise.
     #[error("cannot open /dev/kvm: {0}")]
@@ -93,11 +97,15 @@ impl HostFlavour {
             HostFlavour::Hardware(v) => format!(
                 "hardware-backed ({v}): guests run at native speed and Linux boots to userspace"
             ),
-            HostFlavour::Pvm => "PVM-based (kvm_pvm, no VMX/SVM on this CPU): tiny guests run at full speed, \
+            HostFlavour::Pvm => {
+                "PVM-based (kvm_pvm, no VMX/SVM on this CPU): tiny guests run at full speed, \
                  Linux guest kernels run 100-1000x slower, some kernel instructions end them \
                  (KVM_EXIT_INTERNAL_ERROR), and Linux userspace does not run"
-                .to_string(),
-            HostFlavour::Unknown => "unknown backing (no kvm_intel, kvm_amd or kvm_pvm module seen)".to_string(),
+                    .to_string()
+            }
+            HostFlavour::Unknown => {
+                "unknown backing (no kvm_intel, kvm_amd or kvm_pvm module seen)".to_string()
+            }
         }
     }
 
@@ -152,13 +160,18 @@ pub fn host_report() -> Result<String, KvmError> {
     out.push_str(&format!("memory slots: {}\n", kvm.get_nr_memslots()));
     out.push_str("capabilities ember uses:\n");
     for &(cap, what) in REQUIRED_CAPS {
-        let ok = if kvm.check_extension(cap) { "yes" } else { "MISSING" };
+        let ok = if kvm.check_extension(cap) {
+            "yes"
+        } else {
+            "MISSING"
+        };
         out.push_str(&format!("  {:<13} {ok:<7} {what}\n", format!("{cap:?}")));
     }
-    let template = match flavour {
-        HostFlavour::Pvm => "pvm (hides instructions PVM cannot emulate; see docs/hosts.md)",
-        _ => "host (KVM's supported CPUID)",
-    };
-    out.push_str(&format!("CPU template: {template}\n"));
+    if flavour == HostFlavour::Pvm {
+        out.push_str(&format!(
+            "Linux guests: ember appends `{}` to the default command line here (docs/hosts.md)\n",
+            crate::config::PVM_CMDLINE_EXTRA
+        ));
+    }
     Ok(out)
 }

@@ -39,7 +39,11 @@ mod code {
 }
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "A lean KVM micro-VM monitor: boots Linux guests in milliseconds")]
+#[command(
+    name = "ember",
+    version,
+    about = "A lean KVM micro-VM monitor: boots Linux guests in milliseconds"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,9 +73,9 @@ struct RunArgs {
     /// Boot without any initrd (bare kernels and tiny test guests).
     #[arg(long)]
     no_initrd: bool,
-    /// Kernel command line, replacing the default.
-    #[arg(long, value_name = "STR", default_value = config::DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// Kernel command line, replacing the default (see README: "Kernel command line").
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_VCPUS)]
     vcpus: u32,
@@ -118,18 +122,33 @@ struct Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure { code: code::BAD_INPUT, message: e.to_string() }
+        Failure {
+            code: code::BAD_INPUT,
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<VmmError> for Failure {
     fn from(e: VmmError) -> Self {
         let code = match &e {
-            VmmError::Kvm(KvmError::NoDevice | KvmError::NoPermission | KvmError::MissingCap(..) | KvmError::ApiVersion(_) | KvmError::Open(_)) => code::NO_KVM,
-            VmmError::Boot(_) | VmmError::TooManyVcpus { .. } | VmmError::Mptable(_) | VmmError::Memory(ember::memory::MemoryError::Map { .. }) => code::BAD_INPUT,
+            VmmError::Kvm(
+                KvmError::NoDevice
+                | KvmError::NoPermission
+                | KvmError::MissingCap(..)
+                | KvmError::ApiVersion(_)
+                | KvmError::Open(_),
+            ) => code::NO_KVM,
+            VmmError::Boot(_)
+            | VmmError::TooManyVcpus { .. }
+            | VmmError::Mptable(_)
+            | VmmError::Memory(ember::memory::MemoryError::Map { .. }) => code::BAD_INPUT,
             _ => code::HOST_ERROR,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -156,7 +175,10 @@ fn main() -> ExitCode {
 }
 
 fn host() -> Result<u8, Failure> {
-    let report = ember::kvm::host_report().map_err(|e| Failure { code: code::NO_KVM, message: e.to_string() })?;
+    let report = ember::kvm::host_report().map_err(|e| Failure {
+        code: code::NO_KVM,
+        message: e.to_string(),
+    })?;
     print!("{report}");
     Ok(0)
 }
@@ -173,7 +195,10 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
     let exec = args.exec.clone();
     let initrd = match (args.initrd, args.exec, args.no_initrd) {
         (Some(p), _, _) => InitrdChoice::File(p),
-        (None, Some(program), _) => InitrdChoice::Exec { program, args: args.args.clone() },
+        (None, Some(program), _) => InitrdChoice::Exec {
+            program,
+            args: args.args.clone(),
+        },
         (None, None, true) => InitrdChoice::None,
         (None, None, false) => InitrdChoice::BuiltIn,
     };
@@ -183,23 +208,33 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
             message: "arguments after `--` go to the --exec program, but no --exec was given: add --exec PROG".into(),
         });
     }
-    let cfg = VmConfig { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, mem_mib: args.mem_mib };
-    cfg.validate()?;
-
-    let initrd = build_initrd(&cfg)?;
     let flavour = HostFlavour::detect();
-    if flavour == HostFlavour::Pvm {
-        if let Ok(mut f) = File::open(&cfg.kernel) {
-            if boot::looks_like_linux(&mut f) {
-                log::warn!(
-                    "this /dev/kvm is PVM-based: a Linux guest boots 100-1000x slower than on hardware KVM, \
-                     may stop with KVM_EXIT_INTERNAL_ERROR, and cannot run userspace (see docs/hosts.md)"
-                );
-                if log::max_level() < log::LevelFilter::Warn {
-                    eprintln!("ember: warning: PVM-based /dev/kvm: Linux guests are slow here and their userspace does not run (docs/hosts.md)");
-                }
-            }
+    let linux_on_pvm = flavour == HostFlavour::Pvm
+        && File::open(&kernel)
+            .map(|mut f| boot::looks_like_linux(&mut f))
+            .unwrap_or(false);
+    let cmdline = match args.cmdline {
+        Some(c) => c,
+        None if linux_on_pvm => {
+            format!("{} {}", config::DEFAULT_CMDLINE, config::PVM_CMDLINE_EXTRA)
         }
+        None => config::DEFAULT_CMDLINE.to_string(),
+    };
+    let cfg = VmConfig {
+        kernel,
+        initrd,
+        cmdline,
+        vcpus: args.vcpus,
+        mem_mib: args.mem_mib,
+    };
+    cfg.validate()?;
+    let initrd = build_initrd(&cfg)?;
+    if linux_on_pvm {
+        // One line, whatever the log level: the user must know why Linux crawls here.
+        eprint!(
+            "ember: warning: /dev/kvm is PVM-based (no VMX/SVM): a Linux guest boots 100-1000x slower than on \
+             hardware KVM, stops where the host cannot emulate it, and its userspace does not run (docs/hosts.md)\r\n"
+        );
     }
 
     let is_tty = terminal::stdin_is_tty();
@@ -225,15 +260,30 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
 
 fn build_initrd(cfg: &VmConfig) -> Result<Option<InitrdImage>, Failure> {
     let read = |what: &'static str, p: &PathBuf| {
-        std::fs::read(p).map_err(|e| Failure::from(ConfigError::File { what, path: p.clone(), reason: format!("cannot read it ({e})") }))
+        std::fs::read(p).map_err(|e| {
+            Failure::from(ConfigError::File {
+                what,
+                path: p.clone(),
+                reason: format!("cannot read it ({e})"),
+            })
+        })
     };
     Ok(match &cfg.initrd {
         InitrdChoice::None => None,
-        InitrdChoice::BuiltIn => Some(InitrdImage { name: "built-in initramfs".into(), bytes: initramfs::build(ember::GUEST_INIT, None) }),
-        InitrdChoice::File(p) => Some(InitrdImage { name: p.display().to_string(), bytes: read("initrd", p)? }),
+        InitrdChoice::BuiltIn => Some(InitrdImage {
+            name: "built-in initramfs".into(),
+            bytes: initramfs::build(ember::GUEST_INIT, None),
+        }),
+        InitrdChoice::File(p) => Some(InitrdImage {
+            name: p.display().to_string(),
+            bytes: read("initrd", p)?,
+        }),
         InitrdChoice::Exec { program, args } => {
             let bytes = read("--exec program", program)?;
-            let argv0 = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "exec".into());
+            let argv0 = program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "exec".into());
             let mut argv = vec![argv0];
             argv.extend(args.iter().cloned());
             Some(InitrdImage {
@@ -264,7 +314,10 @@ fn exit_code(outcome: &VmOutcome, cfg: &VmConfig, flavour: HostFlavour) -> Resul
                 (InitrdChoice::Exec { .. }, Some(s)) => Ok(*s),
                 (InitrdChoice::Exec { program, .. }, None) => fail(
                     code::NO_STATUS,
-                    format!("the guest stopped before {} reported its exit status (see the console output above)", program.display()),
+                    format!(
+                        "the guest stopped before {} reported its exit status (see the console output above)",
+                        program.display()
+                    ),
                 ),
                 _ => Ok(0),
             }
@@ -277,13 +330,24 @@ fn exit_code(outcome: &VmOutcome, cfg: &VmConfig, flavour: HostFlavour) -> Resul
             } else {
                 ""
             };
-            fail(code::INTERNAL_ERROR, format!("vCPU {cpu} stopped: KVM could not run a guest instruction (KVM_EXIT_INTERNAL_ERROR, suberror {suberror}){at}{hint}"))
+            fail(
+                code::INTERNAL_ERROR,
+                format!(
+                    "vCPU {cpu} stopped: KVM could not run a guest instruction (KVM_EXIT_INTERNAL_ERROR, suberror {suberror}){at}{hint}"
+                ),
+            )
         }
-        VmOutcome::Failed(ExitReason::VcpuFailed { cpu, what }) => fail(code::VCPU_FAILED, format!("vCPU {cpu} stopped: {what}")),
+        VmOutcome::Failed(ExitReason::VcpuFailed { cpu, what }) => {
+            fail(code::VCPU_FAILED, format!("vCPU {cpu} stopped: {what}"))
+        }
         VmOutcome::Failed(other) => fail(code::VCPU_FAILED, format!("the VM failed: {other:?}")),
-        VmOutcome::Interrupted(ExitReason::Signal(sig)) => {
-            fail(code::SIGNAL_BASE + *sig as u8, format!("stopped by {}; the VM was shut down", signal_name(*sig)))
-        }
-        VmOutcome::Interrupted(_) => fail(code::SIGNAL_BASE + libc::SIGINT as u8, "stopped from the console (Ctrl-A x)".into()),
+        VmOutcome::Interrupted(ExitReason::Signal(sig)) => fail(
+            code::SIGNAL_BASE + *sig as u8,
+            format!("stopped by {}; the VM was shut down", signal_name(*sig)),
+        ),
+        VmOutcome::Interrupted(_) => fail(
+            code::SIGNAL_BASE + libc::SIGINT as u8,
+            "stopped from the console (Ctrl-A x)".into(),
+        ),
     }
 }

@@ -11,7 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::boot::EntryPoint;
-use crate::arch::x86_64::cpuid::{CpuTemplate, vcpu_cpuid};
+use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
@@ -74,8 +74,6 @@ pub struct VcpuSetup<'a> {
     pub supported_cpuid: &'a CpuId,
     /// All vCPUs in the VM.
     pub cpu_count: u32,
-    /// CPUID shaping.
-    pub template: CpuTemplate,
     /// Guest memory (for the boot CPU's GDT and page tables).
     pub mem: &'a GuestMemoryMmap,
     /// Guest memory size.
@@ -88,16 +86,26 @@ impl Vcpu {
     /// Creates vCPU `id` and configures CPUID, MSRs and LAPIC; the boot vCPU (id 0) also gets
     /// its registers. The others wait, as on real hardware, for the guest's INIT-SIPI.
     pub fn new(vm: &VmFd, id: u32, setup: &VcpuSetup) -> Result<Self, VcpuError> {
-        let kvm_err = |what| move |source| VcpuError::Kvm { cpu: id, what, source };
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(kvm_err("create"))?;
-        let cpuid = vcpu_cpuid(setup.supported_cpuid, id, setup.cpu_count, setup.template);
+        let kvm_err = |what| {
+            move |source| VcpuError::Kvm {
+                cpu: id,
+                what,
+                source,
+            }
+        };
+        let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create"))?;
+        let cpuid = vcpu_cpuid(setup.supported_cpuid, id, setup.cpu_count);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        if id == 0 {
+            log_cpuid_overrides(&fd, &cpuid);
+        }
         let msrs = msr::boot_msrs().map_err(|source| VcpuError::Msr { cpu: id, source })?;
         let set = fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
         if set != msrs.as_slice().len() {
-            log::debug!("vCPU {id}: KVM took {set} of {} boot MSRs", msrs.as_slice().len());
+            log::debug!(
+                "vCPU {id}: KVM took {set} of {} boot MSRs",
+                msrs.as_slice().len()
+            );
         }
         let mut lapic = fd.get_lapic().map_err(kvm_err("get LAPIC"))?;
         interrupts::set_lint(&mut lapic);
@@ -176,7 +184,9 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => Some(self.internal_error()),
                 Ok(VcpuExit::FailEntry(reason, _)) => Some(ExitReason::VcpuFailed {
                     cpu: id,
-                    what: format!("KVM could not enter the guest (hardware entry failure {reason:#x})"),
+                    what: format!(
+                        "KVM could not enter the guest (hardware entry failure {reason:#x})"
+                    ),
                 }),
                 Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
                 Ok(other) => Some(ExitReason::VcpuFailed {
@@ -209,6 +219,37 @@ impl Vcpu {
             cpu: self.id,
             suberror,
             rip,
+        }
+    }
+}
+
+/// Logs (at debug level) the CPUID leaves KVM changed after KVM_SET_CPUID2: a PVM host
+/// imposes its own leaves 1, 7 and 0xd, which is why ember's CPUID template cannot hide
+/// features there (docs/hosts.md).
+fn log_cpuid_overrides(fd: &VcpuFd, wanted: &CpuId) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let Ok(got) = fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) else {
+        return;
+    };
+    for (g, w) in got.as_slice().iter().zip(wanted.as_slice()) {
+        let regs =
+            |e: &kvm_bindings::kvm_cpuid_entry2| (e.function, e.index, e.eax, e.ebx, e.ecx, e.edx);
+        if regs(g) != regs(w) {
+            log::debug!(
+                "KVM overrode CPUID {:#x}.{}: set {:08x} {:08x} {:08x} {:08x}, got {:08x} {:08x} {:08x} {:08x}",
+                w.function,
+                w.index,
+                w.eax,
+                w.ebx,
+                w.ecx,
+                w.edx,
+                g.eax,
+                g.ebx,
+                g.ecx,
+                g.edx
+            );
         }
     }
 }

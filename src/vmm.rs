@@ -17,12 +17,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::boot::{self, BootError, EntryPoint, LoadedKernel};
-use crate::arch::x86_64::cpuid::CpuTemplate;
 use crate::arch::x86_64::{layout, mptable};
 use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
 use crate::devices::bus::{Bus, BusError, lock};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
-use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice};
+use crate::devices::serial::{
+    COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
+};
 use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
 use crate::kvm::{self, HostFlavour, KvmError};
 use crate::memory::{self, MemoryError};
@@ -200,7 +201,11 @@ impl Vmm {
         let boot_timer = Arc::new(Mutex::new(BootTimer::new(stamps.clone(), exit.clone())));
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
-        pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT, I8042_PORT_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            I8042_PORT,
+            I8042_PORT_LEN,
+        )?;
         pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
         let mut mmio = Bus::new();
         mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
@@ -212,7 +217,13 @@ impl Vmm {
         })?;
         let kernel: LoadedKernel = boot::load_kernel(&mem, spec.mem_size, &spec.kernel, &mut file)?;
         let initrd = match &spec.initrd {
-            Some(img) => Some(boot::load_initrd(&mem, spec.mem_size, &kernel, &img.name, &img.bytes)?),
+            Some(img) => Some(boot::load_initrd(
+                &mem,
+                spec.mem_size,
+                &kernel,
+                &img.name,
+                &img.bytes,
+            )?),
             None => None,
         };
         boot::write_cmdline(&mem, &spec.cmdline)?;
@@ -226,14 +237,9 @@ impl Vmm {
                 what: "read KVM's supported CPUID",
                 source,
             })?;
-        let template = match flavour {
-            HostFlavour::Pvm => CpuTemplate::Pvm,
-            _ => CpuTemplate::Host,
-        };
         let setup = VcpuSetup {
             supported_cpuid: &supported,
             cpu_count: spec.vcpus,
-            template,
             mem: &mem,
             mem_size: spec.mem_size,
             entry: kernel.entry,
@@ -268,8 +274,10 @@ impl Vmm {
         // them from a signalfd in the event loop.
         let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
             .map_err(host_err("signalfd"))?;
-        vcpu::register_kick_signal()
-            .map_err(|e| VmmError::Host { what: "kick signal handler", source: std::io::Error::from_raw_os_error(e.errno()) })?;
+        vcpu::register_kick_signal().map_err(|e| VmmError::Host {
+            what: "kick signal handler",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
 
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(VmmError::EventLoop)?;
@@ -288,11 +296,19 @@ impl Vmm {
         let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
         let mut handles = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
-            match vcpu.spawn(self.pio.clone(), self.mmio.clone(), self.exit.clone(), barrier.clone()) {
+            match vcpu.spawn(
+                self.pio.clone(),
+                self.mmio.clone(),
+                self.exit.clone(),
+                barrier.clone(),
+            ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     // Release the threads already waiting so they can see the stop.
-                    self.exit.request(ExitReason::VcpuFailed { cpu: 0, what: e.to_string() });
+                    self.exit.request(ExitReason::VcpuFailed {
+                        cpu: 0,
+                        what: e.to_string(),
+                    });
                     barrier.wait();
                     stop_vcpus(handles);
                     return Err(e.into());
@@ -305,7 +321,10 @@ impl Vmm {
         while !self.exit.is_stopping() {
             if let Err(e) = em.run() {
                 loop_result = Err(VmmError::EventLoop(e));
-                self.exit.request(ExitReason::VcpuFailed { cpu: 0, what: "event loop failed".into() });
+                self.exit.request(ExitReason::VcpuFailed {
+                    cpu: 0,
+                    what: "event loop failed".into(),
+                });
             }
         }
         stop_vcpus(handles);
@@ -314,15 +333,19 @@ impl Vmm {
         let reason = self.exit.reason().unwrap_or(ExitReason::Reset);
         let panic = lock(&self.console).panic.clone();
         Ok(match reason {
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. } => match panic {
-                Some(msg) => VmOutcome::GuestPanic(msg),
-                None => VmOutcome::Stopped {
-                    reason,
-                    status: self.exit.guest_status(),
-                },
-            },
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. } => {
+                match panic {
+                    Some(msg) => VmOutcome::GuestPanic(msg),
+                    None => VmOutcome::Stopped {
+                        reason,
+                        status: self.exit.guest_status(),
+                    },
+                }
+            }
             ExitReason::Signal(_) | ExitReason::Escape => VmOutcome::Interrupted(reason),
-            ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. } => VmOutcome::Failed(reason),
+            ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. } => {
+                VmOutcome::Failed(reason)
+            }
         })
     }
 }
@@ -384,7 +407,13 @@ impl SignalFd {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: the buffer is a live signalfd_siginfo of `size` bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut info as *mut _ as *mut libc::c_void,
+                size,
+            )
+        };
         (n == size as isize).then_some(info.ssi_signo as i32)
     }
 }
@@ -431,7 +460,11 @@ impl Controller {
         let want = capacity.min(buf.len());
         // SAFETY: reading into a live buffer of at least `want` bytes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, want) };
-        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted) {
+        if n == 0
+            || (n < 0
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
+        {
             // EOF (or a broken stdin): the guest keeps running without input.
             let _ = ops.remove(Events::empty_raw(fd));
             self.input_state = InputState::Closed;
@@ -464,6 +497,11 @@ impl Controller {
             }
         }
         let mut serial = lock(&self.serial);
+        log::trace!(
+            "console input: {} bytes, fifo capacity {}",
+            forward.len(),
+            serial.uart.fifo_capacity()
+        );
         if let Err(e) = serial.uart.enqueue_raw_bytes(&forward) {
             log::debug!("serial input: {e:?}");
         }
@@ -489,7 +527,10 @@ impl MutEventSubscriber for Controller {
         } else if Some(fd) == self.console_in {
             if events.event_set().intersects(EventSet::IN) {
                 self.read_input(fd, ops);
-            } else if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            } else if events
+                .event_set()
+                .intersects(EventSet::HANG_UP | EventSet::ERROR)
+            {
                 let _ = ops.remove(Events::empty_raw(fd));
                 self.input_state = InputState::Closed;
             }

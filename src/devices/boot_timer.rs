@@ -42,7 +42,10 @@ impl BusDevice for BootTimer {
             0 if value == MAGIC_BOOT_COMPLETE => {
                 if self.stamps.mark(GuestEvent::UserspaceReached) {
                     if let Some(t) = self.stamps.get(GuestEvent::UserspaceReached) {
-                        log::info!("guest boot complete: userspace reached {:.3} ms after start", t.as_secs_f64() * 1e3);
+                        log::info!(
+                            "guest boot complete: userspace reached {:.3} ms after start",
+                            t.as_secs_f64() * 1e3
+                        );
                     }
                 }
             }

@@ -67,7 +67,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
-        let idx = self.entries.partition_point(|e| e.start <= addr).checked_sub(1)?;
+        let idx = self
+            .entries
+            .partition_point(|e| e.start <= addr)
+            .checked_sub(1)?;
         let e = &self.entries[idx];
         let offset = addr - e.start;
         // The whole access must fall inside the device's range.

@@ -196,7 +196,8 @@ mod tests {
         let stamps = Arc::new(GuestStamps::new(Instant::now()));
         let sink = Sink::default();
         let out = ConsoleOut::new(Box::new(sink.clone()), stamps.clone(), Default::default());
-        let (mut dev, _drained) = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
+        let (mut dev, _drained) =
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
         dev.write(0, b"h");
         dev.write(0, b"i");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");

@@ -203,7 +203,7 @@ pub fn load_kernel(
         path: path.to_string(),
         source,
     };
-    let mut head = [0u8; 0x210];
+    let mut head = [0u8; 0x300];
     let n = read_up_to(file, &mut head).map_err(read_err)?;
     let head = &head[..n];
     let mem_mib = mem_size >> 20;
@@ -452,8 +452,16 @@ mod tests {
             map,
             vec![
                 (0, layout::EBDA_START, E820_RAM),
-                (layout::EBDA_START, layout::HIMEM_START - layout::EBDA_START, E820_RESERVED),
-                (layout::HIMEM_START, (128 << 20) - layout::HIMEM_START, E820_RAM),
+                (
+                    layout::EBDA_START,
+                    layout::HIMEM_START - layout::EBDA_START,
+                    E820_RESERVED
+                ),
+                (
+                    layout::HIMEM_START,
+                    (128 << 20) - layout::HIMEM_START,
+                    E820_RAM
+                ),
             ]
         );
     }
@@ -462,8 +470,22 @@ mod tests {
     fn e820_large_guest_skips_mmio_gap() {
         let map = e820_map(6 << 30);
         assert_eq!(map.len(), 4);
-        assert_eq!(map[2], (layout::HIMEM_START, layout::MMIO_GAP_START - layout::HIMEM_START, E820_RAM));
-        assert_eq!(map[3], (layout::MMIO_GAP_END, (6 << 30) - layout::MMIO_GAP_START, E820_RAM));
+        assert_eq!(
+            map[2],
+            (
+                layout::HIMEM_START,
+                layout::MMIO_GAP_START - layout::HIMEM_START,
+                E820_RAM
+            )
+        );
+        assert_eq!(
+            map[3],
+            (
+                layout::MMIO_GAP_END,
+                (6 << 30) - layout::MMIO_GAP_START,
+                E820_RAM
+            )
+        );
         let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
         assert_eq!(ram, (6 << 30) - (layout::HIMEM_START - layout::EBDA_START));
     }
@@ -482,7 +504,7 @@ mod tests {
 /// Whether an image is a Linux kernel: any bzImage, or an ELF with a "Linux" ELF note (which
 /// every vmlinux carries and tiny test guests do not). Used only to choose warnings.
 pub fn looks_like_linux(file: &mut File) -> bool {
-    let mut head = [0u8; 0x210];
+    let mut head = [0u8; 0x300];
     let Ok(n) = read_up_to(file, &mut head) else {
         return false;
     };
@@ -500,7 +522,10 @@ fn elf_has_linux_note(file: &mut File, head: &[u8]) -> Option<bool> {
     let phnum = u16::from_le_bytes(head.get(56..58)?.try_into().ok()?);
     for i in 0..u64::from(phnum) {
         let mut ph = [0u8; 56];
-        file.seek(SeekFrom::Start(phoff.checked_add(i.checked_mul(phentsize)?)?)).ok()?;
+        file.seek(SeekFrom::Start(
+            phoff.checked_add(i.checked_mul(phentsize)?)?,
+        ))
+        .ok()?;
         file.read_exact(&mut ph).ok()?;
         if u32::from_le_bytes(ph[0..4].try_into().ok()?) != PT_NOTE {
             continue;

@@ -53,7 +53,10 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
         vec![(0, mem_size)]
     } else {
-        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_size - MMIO_GAP_START)]
+        vec![
+            (0, MMIO_GAP_START),
+            (MMIO_GAP_END, mem_size - MMIO_GAP_START),
+        ]
     }
 }
 
@@ -78,8 +81,17 @@ mod tests {
     #[test]
     fn large_memory_skips_the_gap() {
         let ranges = ram_ranges(8 << 30);
-        assert_eq!(ranges, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (8 << 30) - MMIO_GAP_START)]);
-        assert_eq!(ram_end(8 << 30), (8 << 30) + (MMIO_GAP_END - MMIO_GAP_START));
+        assert_eq!(
+            ranges,
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (8 << 30) - MMIO_GAP_START)
+            ]
+        );
+        assert_eq!(
+            ram_end(8 << 30),
+            (8 << 30) + (MMIO_GAP_END - MMIO_GAP_START)
+        );
     }
 
     #[test]

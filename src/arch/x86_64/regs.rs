@@ -74,7 +74,7 @@ fn gdt_for(entry: EntryPoint) -> [u64; 5] {
         0,
         code,
         gdt_entry(0xc093, 0, 0xfffff),
-        gdt_entry(0x808b, 0, 0x67),
+        gdt_entry(0x008b, 0, 0x67),
     ]
 }
 
@@ -91,8 +91,11 @@ pub fn identity_map_gib(mem_size: u64) -> u64 {
 fn write_page_tables(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), RegsError> {
     let gib = identity_map_gib(mem_size);
     let err = |_| RegsError::Write("page tables");
-    mem.write_obj(layout::PDPT_START | PTE_PRESENT_RW, GuestAddress(layout::PML4_START))
-        .map_err(err)?;
+    mem.write_obj(
+        layout::PDPT_START | PTE_PRESENT_RW,
+        GuestAddress(layout::PML4_START),
+    )
+    .map_err(err)?;
     let mut pdpt = vec![0u8; (gib * 8) as usize];
     let mut pds = vec![0u8; (gib * 4096) as usize];
     for g in 0..gib {
@@ -206,7 +209,7 @@ mod tests {
         assert_eq!(data.selector, 0x18);
         assert_eq!(data.db, 1);
         assert_eq!(data.type_, 0x3);
-        let tss = segment_from_gdt(gdt_entry(0x808b, 0, 0x67), GDT_TSS);
+        let tss = segment_from_gdt(gdt_entry(0x008b, 0, 0x67), GDT_TSS);
         assert_eq!(tss.limit, 0x67);
         assert_eq!(tss.g, 0);
         assert_eq!(segment_from_gdt(0, 0).unusable, 1);

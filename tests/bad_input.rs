@@ -1,0 +1,351 @@
+//! Bad input gets one line on stderr naming the input, what is wrong and how to fix it, a
+//! documented non-zero exit code, promptly, and never a panic.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Exit code for bad input (README "Exit codes").
+const BAD_INPUT: i32 = 2;
+/// Exit code for an unusable /dev/kvm.
+const NO_KVM: i32 = 3;
+
+fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Runs ember and checks the one-line error contract.
+fn expect_error(args: &[&str], code: i32, needles: &[&str]) {
+    let o = run(args, Duration::from_secs(30));
+    assert_eq!(o.code, Some(code), "{args:?}: {o:?}");
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("warning:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: want exactly one error line: {o:?}"
+    );
+    assert!(lines[0].starts_with("ember: "), "{o:?}");
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: {n:?} missing from {:?}",
+            lines[0]
+        );
+    }
+    assert!(!o.stderr.contains("panicked"), "{o:?}");
+    // A hang guard, not a benchmark: errors come before any guest runs.
+    assert!(
+        o.elapsed < Duration::from_secs(10),
+        "{args:?} took {:?}",
+        o.elapsed
+    );
+}
+
+fn tiny() -> String {
+    guest("hello64").display().to_string()
+}
+
+#[test]
+fn missing_kernel() {
+    expect_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        BAD_INPUT,
+        &["/nonexistent/vmlinux", "no such file"],
+    );
+}
+
+#[test]
+fn default_kernel_not_built() {
+    let o = ember()
+        .args(["run"])
+        .env("EMBER_KERNEL", "/nonexistent/ember-vmlinux")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(BAD_INPUT));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("kernels/build.sh"), "{err}");
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    expect_error(
+        &["run", "--kernel", "/tmp"],
+        BAD_INPUT,
+        &["/tmp", "directory"],
+    );
+}
+
+#[test]
+fn kernel_is_empty() {
+    let p = scratch("empty", b"");
+    expect_error(
+        &["run", "--kernel", p.to_str().unwrap()],
+        BAD_INPUT,
+        &["empty"],
+    );
+}
+
+#[test]
+fn kernel_is_random_bytes() {
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let p = scratch("random", &bytes);
+    expect_error(
+        &["run", "--kernel", p.to_str().unwrap()],
+        BAD_INPUT,
+        &["random", "not an x86_64 ELF vmlinux or bzImage"],
+    );
+}
+
+#[test]
+fn kernel_is_a_truncated_elf() {
+    let whole = std::fs::read(guest("hello64")).unwrap();
+    for len in [64usize, 100, 200] {
+        let p = scratch(&format!("truncated{len}"), &whole[..len]);
+        expect_error(
+            &["run", "--kernel", p.to_str().unwrap(), "--no-initrd"],
+            BAD_INPUT,
+            &[&format!("truncated{len}")],
+        );
+    }
+}
+
+#[test]
+fn kernel_is_a_32bit_elf() {
+    let mut elf = std::fs::read(guest("hello64")).unwrap();
+    elf[4] = 1; // ELFCLASS32
+    let p = scratch("elf32", &elf);
+    expect_error(
+        &["run", "--kernel", p.to_str().unwrap()],
+        BAD_INPUT,
+        &["not a 64-bit x86"],
+    );
+}
+
+#[test]
+fn bzimage_without_64bit_entry() {
+    // A boot sector with "HdrS": protocol 2.11 (before xloadflags), then 2.15 without
+    // XLF_KERNEL_64.
+    for (version, xloadflags) in [(0x020bu16, 0u16), (0x020f, 0x2)] {
+        let mut img = vec![0u8; 0x4000];
+        img[0x1f1] = 4; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        let p = scratch(&format!("bz{version:x}"), &img);
+        expect_error(
+            &["run", "--kernel", p.to_str().unwrap()],
+            BAD_INPUT,
+            &["without a 64-bit entry point"],
+        );
+    }
+}
+
+#[test]
+fn bad_vcpu_counts() {
+    expect_error(
+        &["run", "--kernel", &tiny(), "--vcpus", "0"],
+        BAD_INPUT,
+        &["--vcpus 0"],
+    );
+    expect_error(
+        &["run", "--kernel", &tiny(), "--vcpus", "100000"],
+        BAD_INPUT,
+        &["--vcpus 100000", "at most"],
+    );
+}
+
+#[test]
+fn bad_memory_sizes() {
+    expect_error(
+        &["run", "--kernel", &tiny(), "--mem-mib", "0"],
+        BAD_INPUT,
+        &["--mem-mib 0", "minimum"],
+    );
+    expect_error(
+        &["run", "--kernel", &tiny(), "--mem-mib", "4"],
+        BAD_INPUT,
+        &["--mem-mib 4"],
+    );
+    expect_error(
+        &["run", "--kernel", &tiny(), "--mem-mib", "100000000"],
+        BAD_INPUT,
+        &["--mem-mib 100000000", "host"],
+    );
+}
+
+#[test]
+fn cmdline_too_long() {
+    let long = "x".repeat(3000);
+    expect_error(
+        &["run", "--kernel", &tiny(), "--cmdline", &long],
+        BAD_INPUT,
+        &["--cmdline", "2047"],
+    );
+}
+
+#[test]
+fn initrd_missing_or_too_big() {
+    expect_error(
+        &[
+            "run",
+            "--kernel",
+            &tiny(),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        BAD_INPUT,
+        &["/nonexistent/initrd"],
+    );
+    let big = scratch("big-initrd", &vec![0u8; 12 << 20]);
+    expect_error(
+        &[
+            "run",
+            "--kernel",
+            &tiny(),
+            "--initrd",
+            big.to_str().unwrap(),
+            "--mem-mib",
+            "8",
+        ],
+        BAD_INPUT,
+        &["big-initrd", "does not fit"],
+    );
+}
+
+#[test]
+fn exec_must_be_static() {
+    expect_error(
+        &["run", "--kernel", &tiny(), "--exec", "/bin/true"],
+        BAD_INPUT,
+        &["/bin/true", "dynamically linked", "static"],
+    );
+    let script = scratch("script.sh", b"#!/bin/sh\nexit 0\n");
+    expect_error(
+        &[
+            "run",
+            "--kernel",
+            &tiny(),
+            "--exec",
+            script.to_str().unwrap(),
+        ],
+        BAD_INPUT,
+        &["not an x86_64 ELF"],
+    );
+    expect_error(
+        &["run", "--kernel", &tiny(), "--", "stray"],
+        BAD_INPUT,
+        &["--exec"],
+    );
+}
+
+#[test]
+fn usage_errors_name_the_flag() {
+    // Syntax errors are clap's: the first line names the flag and the value, a usage follows.
+    for (args, needle) in [
+        (&["run", "--frobnicate"][..], "--frobnicate"),
+        (&["run", "--vcpus", "abc"][..], "--vcpus"),
+        (&["run", "--mem-mib", "-5"][..], "-5"),
+        (&["run", "--log-level", "loud"][..], "loud"),
+    ] {
+        let o = run(args, Duration::from_secs(10));
+        assert_eq!(o.code, Some(BAD_INPUT), "{o:?}");
+        let first = o.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(needle),
+            "{o:?}"
+        );
+    }
+}
+
+#[test]
+fn no_dev_kvm() {
+    // A private mount namespace with an empty /dev: no /dev/kvm at all.
+    let ember = env!("CARGO_BIN_EXE_ember");
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {ember} run --kernel {} --no-initrd",
+        tiny()
+    );
+    let probe = Command::new("unshare").args(["--mount", "true"]).status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        skip(
+            "no_dev_kvm",
+            "cannot make a mount namespace here (needs root and unshare)",
+        );
+        return;
+    }
+    let o = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(NO_KVM), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/dev/kvm does not exist"), "{err}");
+}
+
+#[test]
+fn no_permission_on_dev_kvm_or_kernel() {
+    // As an unprivileged user, /dev/kvm (0600 root here) cannot be opened, and a root-only
+    // kernel file cannot be read.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(
+            "no_permission_on_dev_kvm_or_kernel",
+            "needs root to switch to an unprivileged user",
+        );
+        return;
+    }
+    let mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7);
+    if mode.unwrap_or(0) != 0 {
+        skip(
+            "no_permission_on_dev_kvm_or_kernel",
+            "/dev/kvm is open to every user on this host",
+        );
+        return;
+    }
+    let ember = env!("CARGO_BIN_EXE_ember");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", ember])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The kernel must be readable by nobody for the KVM check to be reached.
+    let kernel = scratch("world-readable", &std::fs::read(guest("hello64")).unwrap());
+    let dir = kernel.parent().unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = as_nobody(&["run", "--kernel", kernel.to_str().unwrap(), "--no-initrd"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(NO_KVM), "{err}");
+    assert!(err.contains("no permission to open /dev/kvm"), "{err}");
+
+    let secret = scratch("root-only", b"\x7fELF");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = as_nobody(&["run", "--kernel", secret.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+}

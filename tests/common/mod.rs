@@ -1,0 +1,182 @@
+//! Helpers for the end-to-end tests: run the real `ember` binary against real guests on
+//! /dev/kvm, with a hang guard, and tell the test tiers apart.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use ember::kvm::HostFlavour;
+
+/// The ember binary under test.
+pub fn ember() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// A tiny guest built from tests/guests by build.rs.
+pub fn guest(name: &str) -> PathBuf {
+    PathBuf::from(env!("EMBER_TEST_GUESTS")).join(name)
+}
+
+/// What a finished ember run left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code (None if killed by a signal).
+    pub code: Option<i32>,
+    /// Guest console output.
+    pub stdout: String,
+    /// ember's own messages.
+    pub stderr: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Waits for `child`, killing it after `limit` (a hang guard, not a timing assertion).
+pub fn wait(mut child: Child, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let mut b = Vec::new();
+            let _ = o.read_to_end(&mut b);
+            s = String::from_utf8_lossy(&b).into_owned();
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let mut b = Vec::new();
+            let _ = e.read_to_end(&mut b);
+            s = String::from_utf8_lossy(&b).into_owned();
+        }
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for ember") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let s = child.wait().expect("reap ember");
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "ember did not finish within {limit:?} (hung): status {s:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Outcome {
+        code: status.code(),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs ember with `args`, stdin from /dev/null, within `limit`.
+pub fn run(args: &[&str], limit: Duration) -> Outcome {
+    let child = ember()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ember");
+    wait(child, limit)
+}
+
+/// Boots a tiny guest with extra arguments.
+pub fn run_guest(name: &str, extra: &[&str]) -> Outcome {
+    let kernel = guest(name);
+    let mut args = vec![
+        "run",
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--no-initrd",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, Duration::from_secs(60))
+}
+
+/// Prints the one line that says a test could not run here, and why.
+pub fn skip(test: &str, reason: &str) {
+    println!("SKIP: {test}: {reason}");
+}
+
+/// The project kernel built by kernels/build.sh, if present.
+pub fn project_kernel(file: &str) -> Option<PathBuf> {
+    let p = ember::config::cache_dir().join(file);
+    p.exists().then_some(p)
+}
+
+/// Prints which tier a Linux test runs and returns the host flavour.
+pub fn tier(test: &str) -> HostFlavour {
+    let f = HostFlavour::detect();
+    let tier = match f {
+        HostFlavour::Hardware(_) => "hardware tier (boots to userspace)",
+        _ => "PVM tier (kernel load, boot protocol and console, up to where the host stops it)",
+    };
+    println!("TIER: {test}: {} /dev/kvm: {tier}", f.name());
+    f
+}
+
+/// Runs ember until `needle` appears on the guest console, then sends SIGTERM and waits for
+/// it to stop. Returns the outcome with everything read so far.
+pub fn run_until_then_stop(args: &[&str], needle: &str, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child = ember()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ember");
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!(
+                    "{needle:?} did not appear within {limit:?}:\n{}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut o = wait(child, Duration::from_secs(60));
+    while let Ok(chunk) = rx.try_recv() {
+        seen.extend_from_slice(&chunk);
+    }
+    o.stdout = String::from_utf8_lossy(&seen).into_owned() + &o.stdout;
+    o.elapsed = start.elapsed();
+    o
+}
+
+/// Debian's stock cloud kernel (bzImage), fetched by kernels/fetch-debian-kernel.sh.
+pub fn debian_kernel() -> Option<PathBuf> {
+    let p = std::env::var_os("EMBER_DEBIAN_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ember::config::cache_dir().join("debian").join("vmlinuz"));
+    p.exists().then_some(p)
+}

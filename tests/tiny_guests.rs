@@ -1,0 +1,215 @@
+//! Every VMM mechanism, proven by a tiny guest from tests/guests booting on /dev/kvm. They run
+//! in microseconds on any KVM, PVM-based included, so none of these is ever skipped.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn boots_64bit_linux_boot_protocol_and_resets_through_i8042() {
+    let o = run_guest("hello64", &["--log-level", "info"]);
+    assert!(o.stdout.contains("hello from 64-bit long mode"), "{o:?}");
+    assert!(o.stdout.contains("boot_params ok"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // The boot-timer port write was seen.
+    assert!(o.stderr.contains("userspace reached"), "{o:?}");
+}
+
+#[test]
+fn boots_32bit_pvh_entry_with_mmio_boot_timer() {
+    let o = run_guest("hello_pvh", &["--log-level", "info"]);
+    assert!(o.stdout.contains("hello from 32-bit PVH entry"), "{o:?}");
+    assert!(o.stdout.contains("start_info ok"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // Firecracker's MMIO boot timer at 0xc0000000 was seen.
+    assert!(o.stderr.contains("userspace reached"), "{o:?}");
+}
+
+#[test]
+fn serial_input_reaches_the_guest_from_a_pipe() {
+    let mut child = ember()
+        .args([
+            "run",
+            "--kernel",
+            guest("echo").to_str().unwrap(),
+            "--no-initrd",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // More than the 64-byte FIFO, so the input path must pause and resume.
+    // Anything but 'q', which ends the echo guest.
+    let alphabet = b"abcdefghijklmnoprstuvwxyz0123456789";
+    let line: String = (0..300)
+        .map(|i| char::from(alphabet[i % alphabet.len()]))
+        .collect();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.write_all(b"q").unwrap();
+    drop(stdin);
+    let o = wait(child, Duration::from_secs(60));
+    assert!(o.stdout.contains("echo ready"), "{o:?}");
+    assert!(o.stdout.contains(&line), "{o:?}");
+    assert!(o.stdout.contains("echo done"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+}
+
+#[test]
+fn stdin_eof_does_not_stop_the_guest() {
+    // /dev/null: EOF at once; the guest still runs to its own end.
+    let o = run_guest("hello64", &[]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // A pipe closed before the guest reads: same.
+    let child = ember()
+        .args([
+            "run",
+            "--kernel",
+            guest("hello64").to_str().unwrap(),
+            "--no-initrd",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait(child, Duration::from_secs(60));
+    assert!(o.stdout.contains("boot_params ok"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+}
+
+#[test]
+fn triple_fault_stops_the_vm_cleanly() {
+    let o = run_guest("triple", &["--log-level", "info"]);
+    assert!(o.stdout.contains("triple fault next"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("triple-faulted"), "{o:?}");
+}
+
+#[test]
+fn halted_guest_stops_on_sigterm_and_sigint() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut child = ember()
+            .args([
+                "run",
+                "--kernel",
+                guest("halt").to_str().unwrap(),
+                "--no-initrd",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the guest has said it halts.
+        let mut out = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while !String::from_utf8_lossy(&seen).contains("halting") {
+            let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+            assert!(n > 0, "ember ended before the guest halted");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = wait(child, Duration::from_secs(30));
+        assert_eq!(o.code, Some(code), "{o:?}");
+        assert!(o.stderr.contains("stopped by SIG"), "{o:?}");
+        assert_eq!(o.stderr.lines().count(), 1, "one line: {o:?}");
+    }
+}
+
+#[test]
+fn unknown_ports_and_mmio_are_survived() {
+    let o = run_guest("ports", &[]);
+    assert!(o.stdout.contains("ports swept"), "{o:?}");
+    assert!(o.stdout.contains("unknown ports and MMIO ok"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+}
+
+#[test]
+fn smp_guest_wakes_every_vcpu() {
+    for n in [1u32, 2, 4, 32] {
+        let o = run_guest("smp", &["--vcpus", &n.to_string()]);
+        assert!(
+            o.stdout.contains(&format!("cpus advertised {n}\n")),
+            "{o:?}"
+        );
+        for id in 1..n {
+            assert!(
+                o.stdout.contains(&format!("cpu {id} up\n")),
+                "vCPU {id} of {n}: {o:?}"
+            );
+        }
+        assert!(o.stdout.contains(&format!("smp: all {n} cpus up")), "{o:?}");
+        assert_eq!(o.code, Some(0), "{o:?}");
+    }
+}
+
+#[test]
+fn memory_above_4g_is_usable() {
+    // 5 GiB crosses the MMIO gap: RAM resumes at 4 GiB and ends at 6 GiB.
+    let o = run_guest("highmem", &["--mem-mib", "5120"]);
+    assert!(
+        o.stdout.contains("top of RAM at 0x0000000180000000"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("highmem: pattern ok"), "{o:?}");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = run_guest("highmem", &["--mem-mib", "64"]);
+    assert!(
+        o.stdout.contains("top of RAM at 0x0000000004000000"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("highmem: pattern ok"), "{o:?}");
+}
+
+#[test]
+fn large_guest_memory_is_mapped_lazily() {
+    // 8 GiB of guest memory must not cost 8 GiB of host memory: the max RSS stays small.
+    let child = ember()
+        .args([
+            "run",
+            "--kernel",
+            guest("highmem").to_str().unwrap(),
+            "--no-initrd",
+            "--mem-mib",
+            "8192",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait(child, Duration::from_secs(60));
+    assert!(o.stdout.contains("highmem: pattern ok"), "{o:?}");
+    // SAFETY: rusage is plain data, filled by getrusage for our reaped children.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let max_rss_mib = usage.ru_maxrss / 1024;
+    assert!(
+        max_rss_mib < 512,
+        "a child used {max_rss_mib} MiB of host memory"
+    );
+}
+
+#[test]
+fn host_report_names_the_flavour() {
+    let o = run(&["host"], Duration::from_secs(30));
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("KVM API version: 12"), "{o:?}");
+    assert!(o.stdout.contains("Irqchip"), "{o:?}");
+    let f = HostFlavour::detect();
+    let word = match f {
+        HostFlavour::Hardware(_) => "hardware-backed",
+        HostFlavour::Pvm => "PVM-based",
+        HostFlavour::Unknown => "unknown",
+    };
+    assert!(o.stdout.contains(word), "{o:?}");
+}
