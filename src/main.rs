@@ -255,7 +255,7 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
     terminal::restore();
     let outcome = outcome?;
     let _ = std::io::stdout().flush();
-    Ok(exit_code(&outcome, &cfg, flavour)?)
+    exit_code(&outcome, &cfg, flavour)
 }
 
 fn build_initrd(cfg: &VmConfig) -> Result<Option<InitrdImage>, Failure> {

@@ -395,10 +395,8 @@ impl SignalFd {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: signalfd returned a fresh fd that nothing else owns.
-        Ok(Self {
-            fd: unsafe { File::from_raw_fd(fd) },
-            old_mask,
-        })
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(Self { fd, old_mask })
     }
 
     /// The next pending signal, if any.
@@ -519,10 +517,10 @@ impl MutEventSubscriber for Controller {
             }
         } else if fd == self.fifo_drained.as_raw_fd() {
             let _ = self.fifo_drained.read();
-            if let (InputState::Paused, Some(input)) = (self.input_state, self.console_in) {
-                if ops.add(Events::new_raw(input, EventSet::IN)).is_ok() {
-                    self.input_state = InputState::Reading;
-                }
+            if let (InputState::Paused, Some(input)) = (self.input_state, self.console_in)
+                && ops.add(Events::new_raw(input, EventSet::IN)).is_ok()
+            {
+                self.input_state = InputState::Reading;
             }
         } else if Some(fd) == self.console_in {
             if events.event_set().intersects(EventSet::IN) {

@@ -46,7 +46,7 @@ fn assert_pvm_early_stop(o: &Outcome) {
 fn assert_greeting(o: &Outcome, vcpus: u32) {
     let s = if vcpus == 1 { "" } else { "s" };
     assert!(
-        o.stdout.contains(&format!("Hello from ember: Linux 6.1"))
+        o.stdout.contains("Hello from ember: Linux 6.1")
             && o.stdout.contains(&format!(", {vcpus} vCPU{s} online")),
         "{o:?}"
     );

@@ -39,14 +39,12 @@ impl BusDevice for BootTimer {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            0 if value == MAGIC_BOOT_COMPLETE => {
-                if self.stamps.mark(GuestEvent::UserspaceReached) {
-                    if let Some(t) = self.stamps.get(GuestEvent::UserspaceReached) {
-                        log::info!(
-                            "guest boot complete: userspace reached {:.3} ms after start",
-                            t.as_secs_f64() * 1e3
-                        );
-                    }
+            0 if value == MAGIC_BOOT_COMPLETE && self.stamps.mark(GuestEvent::UserspaceReached) => {
+                if let Some(t) = self.stamps.get(GuestEvent::UserspaceReached) {
+                    log::info!(
+                        "guest boot complete: userspace reached {:.3} ms after start",
+                        t.as_secs_f64() * 1e3
+                    );
                 }
             }
             1 => self.exit.set_guest_status(value),

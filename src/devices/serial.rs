@@ -147,10 +147,10 @@ impl BusDevice for SerialDevice {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(off, value) {
-                log::debug!("serial write at offset {off}: {e:?}");
-            }
+        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset))
+            && let Err(e) = self.uart.write(off, value)
+        {
+            log::debug!("serial write at offset {off}: {e:?}");
         }
     }
 }

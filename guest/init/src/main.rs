@@ -21,14 +21,24 @@ const ARGS_PATH: &str = "/ember/args";
 const RB_AUTOBOOT: i32 = 0x0123_4567;
 
 unsafe extern "C" {
-    fn mount(src: *const i8, target: *const i8, fstype: *const i8, flags: u64, data: *const u8) -> i32;
+    fn mount(
+        src: *const i8,
+        target: *const i8,
+        fstype: *const i8,
+        flags: u64,
+        data: *const u8,
+    ) -> i32;
     fn ioperm(from: u64, num: u64, turn_on: i32) -> i32;
     fn reboot(cmd: i32) -> i32;
     fn sync();
 }
 
 fn mount_fs(fstype: &str, target: &str) {
-    let (src, tgt, ty) = (CString::new(fstype), CString::new(target), CString::new(fstype));
+    let (src, tgt, ty) = (
+        CString::new(fstype),
+        CString::new(target),
+        CString::new(fstype),
+    );
     if let (Ok(src), Ok(tgt), Ok(ty)) = (src, tgt, ty) {
         let _ = std::fs::create_dir_all(target);
         // SAFETY: NUL-terminated strings that outlive the call; no data argument.
@@ -43,7 +53,9 @@ fn outb(port: u16, value: u8) {
         return;
     }
     // SAFETY: ioperm granted access to this port; the write has no memory effects.
-    unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack))
+    };
 }
 
 fn read(path: &str) -> String {
@@ -85,10 +97,7 @@ fn greeting() -> String {
 
 /// Runs the --exec program; returns its status as a shell would (128 + signal if killed).
 fn run_exec() -> u8 {
-    let args: Vec<String> = read(ARGS_PATH)
-        .split('\0')
-        .map(str::to_string)
-        .collect();
+    let args: Vec<String> = read(ARGS_PATH).split('\0').map(str::to_string).collect();
     // The args file ends with a NUL, so the last split piece is empty.
     let args = &args[..args.len().saturating_sub(1)];
     let mut cmd = Command::new(EXEC_PATH);

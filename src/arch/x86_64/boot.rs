@@ -441,6 +441,48 @@ pub fn write_boot_params(
     Ok(())
 }
 
+/// Whether an image is a Linux kernel: any bzImage, or an ELF with a "Linux" ELF note (which
+/// every vmlinux carries and tiny test guests do not). Used only to choose warnings.
+pub fn looks_like_linux(file: &mut File) -> bool {
+    let mut head = [0u8; 0x300];
+    let Ok(n) = read_up_to(file, &mut head) else {
+        return false;
+    };
+    match detect_format(&head[..n]) {
+        Some(KernelFormat::BzImage) => true,
+        Some(KernelFormat::Elf) => elf_has_linux_note(file, &head[..n]).unwrap_or(false),
+        None => false,
+    }
+}
+
+fn elf_has_linux_note(file: &mut File, head: &[u8]) -> Option<bool> {
+    const PT_NOTE: u32 = 4;
+    let phoff = u64::from_le_bytes(head.get(32..40)?.try_into().ok()?);
+    let phentsize = u64::from(u16::from_le_bytes(head.get(54..56)?.try_into().ok()?));
+    let phnum = u16::from_le_bytes(head.get(56..58)?.try_into().ok()?);
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        file.seek(SeekFrom::Start(
+            phoff.checked_add(i.checked_mul(phentsize)?)?,
+        ))
+        .ok()?;
+        file.read_exact(&mut ph).ok()?;
+        if u32::from_le_bytes(ph[0..4].try_into().ok()?) != PT_NOTE {
+            continue;
+        }
+        let offset = u64::from_le_bytes(ph[8..16].try_into().ok()?);
+        // Notes are small; read at most 64 KiB of one.
+        let size = u64::from_le_bytes(ph[32..40].try_into().ok()?).min(64 << 10);
+        let mut notes = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        file.read_exact(&mut notes).ok()?;
+        if notes.windows(6).any(|w| w == b"Linux\0") {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,46 +541,4 @@ mod tests {
         assert_eq!(detect_format(b""), None);
         assert_eq!(detect_format(&[0x55; 0x300]), None);
     }
-}
-
-/// Whether an image is a Linux kernel: any bzImage, or an ELF with a "Linux" ELF note (which
-/// every vmlinux carries and tiny test guests do not). Used only to choose warnings.
-pub fn looks_like_linux(file: &mut File) -> bool {
-    let mut head = [0u8; 0x300];
-    let Ok(n) = read_up_to(file, &mut head) else {
-        return false;
-    };
-    match detect_format(&head[..n]) {
-        Some(KernelFormat::BzImage) => true,
-        Some(KernelFormat::Elf) => elf_has_linux_note(file, &head[..n]).unwrap_or(false),
-        None => false,
-    }
-}
-
-fn elf_has_linux_note(file: &mut File, head: &[u8]) -> Option<bool> {
-    const PT_NOTE: u32 = 4;
-    let phoff = u64::from_le_bytes(head.get(32..40)?.try_into().ok()?);
-    let phentsize = u64::from(u16::from_le_bytes(head.get(54..56)?.try_into().ok()?));
-    let phnum = u16::from_le_bytes(head.get(56..58)?.try_into().ok()?);
-    for i in 0..u64::from(phnum) {
-        let mut ph = [0u8; 56];
-        file.seek(SeekFrom::Start(
-            phoff.checked_add(i.checked_mul(phentsize)?)?,
-        ))
-        .ok()?;
-        file.read_exact(&mut ph).ok()?;
-        if u32::from_le_bytes(ph[0..4].try_into().ok()?) != PT_NOTE {
-            continue;
-        }
-        let offset = u64::from_le_bytes(ph[8..16].try_into().ok()?);
-        // Notes are small; read at most 64 KiB of one.
-        let size = u64::from_le_bytes(ph[32..40].try_into().ok()?).min(64 << 10);
-        let mut notes = vec![0u8; size as usize];
-        file.seek(SeekFrom::Start(offset)).ok()?;
-        file.read_exact(&mut notes).ok()?;
-        if notes.windows(6).any(|w| w == b"Linux\0") {
-            return Some(true);
-        }
-    }
-    Some(false)
 }

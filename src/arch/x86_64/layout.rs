@@ -47,6 +47,13 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
+// The boot structures must not overlap; checked when ember compiles.
+const _: () = assert!(BOOT_IDT_START >= BOOT_GDT_START + 5 * 8);
+const _: () = assert!(PVH_MEMMAP_START >= PVH_INFO_START + 0x38);
+const _: () = assert!(PD_START + PD_MAX * 0x1000 <= CMDLINE_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+
 /// The RAM ranges (start, length) for `mem_size` bytes of guest memory, split around the
 /// MMIO gap.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
@@ -92,14 +99,5 @@ mod tests {
             ram_end(8 << 30),
             (8 << 30) + (MMIO_GAP_END - MMIO_GAP_START)
         );
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(BOOT_IDT_START >= BOOT_GDT_START + 5 * 8);
-        assert!(PVH_MEMMAP_START >= PVH_INFO_START + 0x38);
-        assert!(PD_START + PD_MAX * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(BOOT_STACK_POINTER < PML4_START);
     }
 }

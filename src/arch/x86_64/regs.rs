@@ -42,7 +42,7 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Unpacks a GDT descriptor into the segment KVM loads for selector `index * 8`.
 fn segment_from_gdt(entry: u64, index: usize) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     kvm_segment {
