@@ -53,10 +53,10 @@ fn assert_greeting(o: &Outcome, vcpus: u32) {
     assert_eq!(o.code, Some(0), "{o:?}");
 }
 
-#[test]
-fn project_kernel_elf_pvh() {
-    let test = "project_kernel_elf_pvh";
-    let Some(k) = kernel_or_skip(test, "vmlinux") else {
+/// Boots the project kernel in `file` with the built-in initramfs: the greeting on hardware,
+/// the banner and a clean early stop on PVM.
+fn boot_project_kernel(test: &str, file: &str) {
+    let Some(k) = kernel_or_skip(test, file) else {
         return;
     };
     match tier(test) {
@@ -75,24 +75,13 @@ fn project_kernel_elf_pvh() {
 }
 
 #[test]
+fn project_kernel_elf_pvh() {
+    boot_project_kernel("project_kernel_elf_pvh", "vmlinux");
+}
+
+#[test]
 fn project_kernel_bzimage() {
-    let test = "project_kernel_bzimage";
-    let Some(k) = kernel_or_skip(test, "bzImage") else {
-        return;
-    };
-    match tier(test) {
-        HostFlavour::Hardware(_) => {
-            let o = run(&["run", "--kernel", &k], Duration::from_secs(120));
-            assert_greeting(&o, 1);
-        }
-        _ => {
-            let o = run(
-                &["run", "--kernel", &k, "--cmdline", DEFAULT_CMDLINE],
-                PVM_LIMIT,
-            );
-            assert_pvm_early_stop(&o);
-        }
-    }
+    boot_project_kernel("project_kernel_bzimage", "bzImage");
 }
 
 #[test]

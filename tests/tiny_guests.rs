@@ -31,18 +31,12 @@ fn boots_32bit_pvh_entry_with_mmio_boot_timer() {
 
 #[test]
 fn serial_input_reaches_the_guest_from_a_pipe() {
-    let mut child = ember()
-        .args([
-            "run",
-            "--kernel",
-            guest("echo").to_str().unwrap(),
-            "--no-initrd",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&[
+        "run",
+        "--kernel",
+        guest("echo").to_str().unwrap(),
+        "--no-initrd",
+    ]);
     let mut stdin = child.stdin.take().unwrap();
     // More than the 64-byte FIFO, so the input path must pause and resume.
     // Anything but 'q', which ends the echo guest.
@@ -66,18 +60,12 @@ fn stdin_eof_does_not_stop_the_guest() {
     let o = run_guest("hello64", &[]);
     assert_eq!(o.code, Some(0), "{o:?}");
     // A pipe closed before the guest reads: same.
-    let child = ember()
-        .args([
-            "run",
-            "--kernel",
-            guest("hello64").to_str().unwrap(),
-            "--no-initrd",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&[
+        "run",
+        "--kernel",
+        guest("hello64").to_str().unwrap(),
+        "--no-initrd",
+    ]);
     let o = wait(child, Duration::from_secs(60));
     assert!(o.stdout.contains("boot_params ok"), "{o:?}");
     assert_eq!(o.code, Some(0), "{o:?}");
@@ -94,18 +82,12 @@ fn triple_fault_stops_the_vm_cleanly() {
 #[test]
 fn halted_guest_stops_on_sigterm_and_sigint() {
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
-        let mut child = ember()
-            .args([
-                "run",
-                "--kernel",
-                guest("halt").to_str().unwrap(),
-                "--no-initrd",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(&[
+            "run",
+            "--kernel",
+            guest("halt").to_str().unwrap(),
+            "--no-initrd",
+        ]);
         // Wait until the guest has said it halts.
         let mut out = child.stdout.take().unwrap();
         let mut seen = Vec::new();
@@ -172,20 +154,14 @@ fn memory_above_4g_is_usable() {
 #[test]
 fn large_guest_memory_is_mapped_lazily() {
     // 8 GiB of guest memory must not cost 8 GiB of host memory: the max RSS stays small.
-    let child = ember()
-        .args([
-            "run",
-            "--kernel",
-            guest("highmem").to_str().unwrap(),
-            "--no-initrd",
-            "--mem-mib",
-            "8192",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&[
+        "run",
+        "--kernel",
+        guest("highmem").to_str().unwrap(),
+        "--no-initrd",
+        "--mem-mib",
+        "8192",
+    ]);
     let o = wait(child, Duration::from_secs(60));
     assert!(o.stdout.contains("highmem: pattern ok"), "{o:?}");
     // SAFETY: rusage is plain data, filled by getrusage for our reaped children.
@@ -212,4 +188,74 @@ fn host_report_names_the_flavour() {
         HostFlavour::Unknown => "unknown",
     };
     assert!(o.stdout.contains(word), "{o:?}");
+}
+
+#[test]
+fn terminal_goes_raw_takes_the_escape_and_is_restored() {
+    // A real terminal through script(1): in cooked mode "Ctrl-A x" would sit in the line
+    // buffer and never reach ember, so the escape working proves raw mode; stty -g before and
+    // after proves the terminal came back as it was.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip(
+            "terminal_goes_raw_takes_the_escape_and_is_restored",
+            "script(1) from util-linux is not installed",
+        );
+        return;
+    }
+    let cmd = format!(
+        "stty -g; {} run --kernel {} --no-initrd; echo rc=$?; stty -g",
+        env!("CARGO_BIN_EXE_ember"),
+        guest("halt").display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("halting") {
+        let chunk = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the guest did not start");
+        seen.extend_from_slice(&chunk);
+    }
+    stdin.write_all(b"\x01x").unwrap();
+    stdin.flush().unwrap();
+    // Read until script ends (the channel closes), or give up after a quiet minute.
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(60)) {
+        seen.extend_from_slice(&chunk);
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&seen).replace('\r', "");
+    assert!(text.contains("rc=130"), "{text}");
+    assert!(
+        text.contains("stopped from the console (Ctrl-A x)"),
+        "{text}"
+    );
+    let settings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.matches(':').count() > 10)
+        .collect();
+    assert_eq!(settings.len(), 2, "{text}");
+    assert_eq!(settings[0], settings[1], "terminal not restored: {text}");
 }

@@ -33,29 +33,33 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// Reads a child's pipe to the end on its own thread.
+fn read_in_thread<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut b);
+        }
+        String::from_utf8_lossy(&b).into_owned()
+    })
+}
+
+/// Starts ember with `args`, every stdio piped.
+pub fn spawn_piped(args: &[&str]) -> Child {
+    ember()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ember")
+}
+
 /// Waits for `child`, killing it after `limit` (a hang guard, not a timing assertion).
 pub fn wait(mut child: Child, limit: Duration) -> Outcome {
     let start = Instant::now();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = out.as_mut() {
-            let mut b = Vec::new();
-            let _ = o.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = err.as_mut() {
-            let mut b = Vec::new();
-            let _ = e.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
-    });
+    let out_reader = read_in_thread(child.stdout.take());
+    let err_reader = read_in_thread(child.stderr.take());
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for ember") {
             break s;
