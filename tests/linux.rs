@@ -171,13 +171,14 @@ fn debian_stock_kernel_bzimage() {
             assert_greeting(&o, 1);
         }
         _ => {
-            // It unpacks itself under emulation for minutes; once its banner is on the
-            // console the boot protocol has done its part: stop it, cleanly.
+            // It unpacks itself under emulation for minutes; once its banner and command line
+            // are on the console the boot protocol has done its part: stop it, cleanly.
             let o = run_until_then_stop(
                 &["run", "--kernel", &k, "--cmdline", DEFAULT_CMDLINE],
-                "Linux version 6.1",
+                "Command line:",
                 PVM_LIMIT,
             );
+            assert!(o.stdout.contains("Linux version 6.1"), "{o:?}");
             assert!(o.stdout.contains("Debian"), "{o:?}");
             assert_eq!(o.code, Some(SIGTERM_EXIT), "{o:?}");
         }
