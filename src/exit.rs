@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::bus::lock;
+use crate::timing::{Phase, Timeline};
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub enum ExitReason {
 /// Shared between the devices, the vCPU threads and the event loop.
 pub struct ExitSignal {
     evt: EventFd,
+    timeline: std::sync::Arc<Timeline>,
     reason: Mutex<Option<ExitReason>>,
     stopping: AtomicBool,
     guest_status: AtomicI32,
@@ -56,10 +58,11 @@ pub struct ExitSignal {
 pub struct ExitSignalError(#[from] std::io::Error);
 
 impl ExitSignal {
-    /// A fresh signal with no reason recorded.
-    pub fn new() -> Result<Self, ExitSignalError> {
+    /// A fresh signal with no reason recorded; the first request is stamped on `timeline`.
+    pub fn new(timeline: std::sync::Arc<Timeline>) -> Result<Self, ExitSignalError> {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
+            timeline,
             reason: Mutex::new(None),
             stopping: AtomicBool::new(false),
             guest_status: AtomicI32::new(-1),
@@ -68,6 +71,7 @@ impl ExitSignal {
 
     /// Records `reason` (unless one is already recorded) and wakes the event loop.
     pub fn request(&self, reason: ExitReason) {
+        self.timeline.mark(Phase::ShutdownRequested);
         {
             let mut r = lock(&self.reason);
             if r.is_none() {
@@ -96,6 +100,7 @@ impl ExitSignal {
 
     /// Records the status the guest reported for its workload (`--exec`).
     pub fn set_guest_status(&self, status: u8) {
+        self.timeline.mark(Phase::WorkloadEnd);
         self.guest_status.store(i32::from(status), Ordering::SeqCst);
     }
 
@@ -111,7 +116,7 @@ mod tests {
 
     #[test]
     fn first_reason_wins() {
-        let s = ExitSignal::new().unwrap();
+        let s = ExitSignal::new(Default::default()).unwrap();
         assert!(!s.is_stopping());
         s.request(ExitReason::Reset);
         s.request(ExitReason::Signal(15));
@@ -122,7 +127,7 @@ mod tests {
 
     #[test]
     fn guest_status() {
-        let s = ExitSignal::new().unwrap();
+        let s = ExitSignal::new(Default::default()).unwrap();
         assert_eq!(s.guest_status(), None);
         s.set_guest_status(42);
         assert_eq!(s.guest_status(), Some(42));

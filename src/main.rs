@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +12,8 @@ use ember::arch::x86_64::boot;
 use ember::config::{self, ConfigError, InitrdChoice, VmConfig};
 use ember::exit::ExitReason;
 use ember::kvm::{HostFlavour, KvmError};
+use ember::timing::report::{self, Report};
+use ember::timing::{Phase, Timeline, process_start};
 use ember::vmm::{InitrdImage, VmOutcome, VmSpec, Vmm, VmmError};
 use ember::{initramfs, terminal};
 
@@ -85,6 +87,10 @@ struct RunArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
     log_level: log::LevelFilter,
+    /// Report the startup timeline after the guest stops: a table on stderr (`--timings`),
+    /// JSON on stderr (`--timings=json`) or JSON into a file (`--timings=FILE`).
+    #[arg(long, value_name = "json|FILE", num_args = 0..=1, require_equals = true, default_missing_value = "table")]
+    timings: Option<String>,
     /// Arguments for the --exec program.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -153,7 +159,6 @@ impl From<VmmError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let start = Instant::now();
     std::panic::set_hook(Box::new(|info| {
         terminal::restore();
         eprintln!("ember: internal error (a bug, please report it): {info}");
@@ -162,7 +167,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Host => host(),
-        Command::Run(args) => run(args, start),
+        Command::Run(args) => run(args),
     };
     terminal::restore();
     match result {
@@ -183,9 +188,15 @@ fn host() -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
+fn run(args: RunArgs) -> Result<u8, Failure> {
+    let timeline = Arc::new(Timeline::new());
     log::set_logger(&LOGGER).ok();
     log::set_max_level(args.log_level);
+    let timings = args
+        .timings
+        .as_deref()
+        .map(TimingsOutput::parse)
+        .transpose()?;
 
     let explicit_kernel = args.kernel.is_some();
     let kernel = args.kernel.unwrap_or_else(config::default_kernel);
@@ -229,6 +240,7 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
     };
     cfg.validate()?;
     let initrd = build_initrd(&cfg)?;
+    timeline.mark(Phase::ConfigParsed);
     if linux_on_pvm {
         // One line, whatever the log level: the user must know why Linux crawls here.
         eprint!(
@@ -247,15 +259,76 @@ fn run(args: RunArgs, start: Instant) -> Result<u8, Failure> {
         console_out: Box::new(std::io::stdout()),
         console_in: Some(libc::STDIN_FILENO),
         console_in_is_tty: is_tty,
-        start,
+        timeline: timeline.clone(),
+        measure_guest_memory: timings.is_some(),
     };
     let vmm = Vmm::build(spec)?;
     terminal::enter_raw_mode();
-    let outcome = vmm.run();
+    let run = vmm.run();
     terminal::restore();
-    let outcome = outcome?;
+    let run = run?;
+    timeline.mark(Phase::VmTornDown);
     let _ = std::io::stdout().flush();
-    exit_code(&outcome, &cfg, flavour)
+    let code = exit_code(&run.outcome, &cfg, flavour);
+    if let Some(out) = timings {
+        timeline.mark(Phase::ProcessExit);
+        let (cpu, peak_rss) = report::own_usage();
+        let r = Report::new(
+            &timeline,
+            process_start::lookup(),
+            cpu,
+            peak_rss,
+            run.guest_touched_bytes,
+        );
+        out.write(&r)?;
+    }
+    code
+}
+
+/// Where `--timings` goes.
+enum TimingsOutput {
+    /// A table on stderr.
+    Table,
+    /// JSON on stderr.
+    JsonStderr,
+    /// JSON into a file, created before the VM starts so a bad path fails early.
+    JsonFile(PathBuf, File),
+}
+
+impl TimingsOutput {
+    fn parse(value: &str) -> Result<Self, Failure> {
+        Ok(match value {
+            "table" => TimingsOutput::Table,
+            "json" => TimingsOutput::JsonStderr,
+            path => {
+                let path = PathBuf::from(path);
+                let file = File::create(&path).map_err(|e| Failure {
+                    code: code::BAD_INPUT,
+                    message: format!(
+                        "--timings={}: cannot create it ({e}): pass a writable file path, `json` or `table`",
+                        path.display()
+                    ),
+                })?;
+                TimingsOutput::JsonFile(path, file)
+            }
+        })
+    }
+
+    fn write(self, r: &Report) -> Result<(), Failure> {
+        match self {
+            TimingsOutput::Table => eprint!("{}", r.table()),
+            TimingsOutput::JsonStderr => eprintln!("{}", r.json()),
+            TimingsOutput::JsonFile(path, mut file) => {
+                file.write_all(r.json().as_bytes())
+                    .and_then(|_| file.write_all(b"\n"))
+                    .map_err(|e| Failure {
+                        code: code::HOST_ERROR,
+                        message: format!("--timings={}: cannot write it: {e}", path.display()),
+                    })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn build_initrd(cfg: &VmConfig) -> Result<Option<InitrdImage>, Failure> {

@@ -15,6 +15,7 @@ use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::timing::{Phase, Timeline};
 
 /// KVM's internal-error suberror for a failed instruction emulation.
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -129,12 +130,16 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
         barrier: Arc<Barrier>,
+        timeline: Arc<Timeline>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 barrier.wait();
+                if id == 0 {
+                    timeline.mark(Phase::FirstKvmRun);
+                }
                 self.run(&pio, &mmio, &exit);
             })
             .map_err(|source| VcpuError::Spawn { cpu: id, source })

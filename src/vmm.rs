@@ -27,7 +27,7 @@ use crate::devices::serial::{
 use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
 use crate::kvm::{self, HostFlavour, KvmError};
 use crate::memory::{self, MemoryError};
-use crate::timing::GuestStamps;
+use crate::timing::{Phase, Timeline};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
 
 /// Where the TSS goes: three pages just below the IOAPIC, inside the MMIO gap.
@@ -114,8 +114,19 @@ pub struct VmSpec {
     pub console_in: Option<RawFd>,
     /// Whether console input is a terminal (enables the Ctrl-A x escape).
     pub console_in_is_tty: bool,
-    /// The instant startup stamps are measured from.
-    pub start: Instant,
+    /// Where startup phases are stamped.
+    pub timeline: Arc<Timeline>,
+    /// Whether to count the guest's resident memory when it stops (for `--timings`).
+    pub measure_guest_memory: bool,
+}
+
+/// A finished run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRun {
+    /// How it ended.
+    pub outcome: VmOutcome,
+    /// Guest memory resident when the guest stopped (0 unless measured).
+    pub guest_touched_bytes: u64,
 }
 
 /// How a VM run ended.
@@ -143,7 +154,8 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     _vm: VmFd,
     _kvm: Kvm,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
+    measure_guest_memory: bool,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -152,8 +164,8 @@ pub struct Vmm {
     mmio: Arc<Bus>,
     console_in: Option<RawFd>,
     console_in_is_tty: bool,
-    /// Guest-side startup stamps.
-    pub stamps: Arc<GuestStamps>,
+    /// Startup stamps.
+    pub timeline: Arc<Timeline>,
     /// How the guest enters.
     pub entry: EntryPoint,
     /// What backs /dev/kvm.
@@ -165,7 +177,9 @@ impl Vmm {
     pub fn build(spec: VmSpec) -> Result<Self, VmmError> {
         let flavour = HostFlavour::detect();
         // Step 2: KVM and its capabilities.
+        let timeline = spec.timeline.clone();
         let kvm = kvm::open()?;
+        timeline.mark(Phase::KvmReady);
         let max = kvm::max_vcpus(&kvm);
         if spec.vcpus > max {
             return Err(VmmError::TooManyVcpus {
@@ -181,24 +195,25 @@ impl Vmm {
         vm.create_irq_chip().map_err(vm_err("create the irqchip"))?;
         vm.create_pit2(kvm_pit_config::default())
             .map_err(vm_err("create the PIT"))?;
+        timeline.mark(Phase::VmCreated);
 
         // Step 4: guest memory.
         let mem = memory::create(spec.mem_size)?;
         memory::register(&vm, &mem)?;
+        timeline.mark(Phase::MemoryMapped);
 
         // Step 5: devices.
         let host_err = |what| move |source| VmmError::Host { what, source };
-        let exit = Arc::new(ExitSignal::new()?);
-        let stamps = Arc::new(GuestStamps::new(spec.start));
+        let exit = Arc::new(ExitSignal::new(timeline.clone())?);
         let console = Arc::new(Mutex::new(ConsoleWatch::default()));
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(vm_err("register the serial irqfd"))?;
-        let out = ConsoleOut::new(spec.console_out, stamps.clone(), console.clone());
+        let out = ConsoleOut::new(spec.console_out, timeline.clone(), console.clone());
         let (serial_dev, fifo_drained) =
             SerialDevice::new(serial_irq, out).map_err(host_err("serial eventfd"))?;
         let serial = Arc::new(Mutex::new(serial_dev));
-        let boot_timer = Arc::new(Mutex::new(BootTimer::new(stamps.clone(), exit.clone())));
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(timeline.clone(), exit.clone())));
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
         pio.insert(
@@ -229,6 +244,7 @@ impl Vmm {
         boot::write_cmdline(&mem, &spec.cmdline)?;
         mptable::write(&mem, spec.vcpus)?;
         boot::write_boot_params(&mem, spec.mem_size, &kernel, spec.cmdline.len(), initrd)?;
+        timeline.mark(Phase::KernelLoaded);
 
         // Step 7: vCPUs.
         let supported = kvm
@@ -247,12 +263,14 @@ impl Vmm {
         let vcpus = (0..spec.vcpus)
             .map(|id| Vcpu::new(&vm, id, &setup))
             .collect::<Result<Vec<_>, _>>()?;
+        timeline.mark(Phase::VcpusConfigured);
 
         Ok(Self {
             vcpus,
             _vm: vm,
             _kvm: kvm,
-            _mem: mem,
+            mem,
+            measure_guest_memory: spec.measure_guest_memory,
             exit,
             console,
             serial,
@@ -261,14 +279,14 @@ impl Vmm {
             mmio: Arc::new(mmio),
             console_in: spec.console_in,
             console_in_is_tty: spec.console_in_is_tty,
-            stamps,
+            timeline,
             entry: kernel.entry,
             flavour,
         })
     }
 
     /// Runs the VM until the guest leaves, a vCPU fails, or a signal stops it.
-    pub fn run(mut self) -> Result<VmOutcome, VmmError> {
+    pub fn run(mut self) -> Result<VmRun, VmmError> {
         let host_err = |what| move |source| VmmError::Host { what, source };
         // Signals become events: block them here (vCPU threads inherit the mask) and read
         // them from a signalfd in the event loop.
@@ -301,6 +319,7 @@ impl Vmm {
                 self.mmio.clone(),
                 self.exit.clone(),
                 barrier.clone(),
+                self.timeline.clone(),
             ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -330,9 +349,14 @@ impl Vmm {
         stop_vcpus(handles);
         loop_result?;
 
+        let guest_touched_bytes = if self.measure_guest_memory {
+            memory::resident_bytes(&self.mem)
+        } else {
+            0
+        };
         let reason = self.exit.reason().unwrap_or(ExitReason::Reset);
         let panic = lock(&self.console).panic.clone();
-        Ok(match reason {
+        let outcome = match reason {
             ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. } => {
                 match panic {
                     Some(msg) => VmOutcome::GuestPanic(msg),
@@ -346,6 +370,10 @@ impl Vmm {
             ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. } => {
                 VmOutcome::Failed(reason)
             }
+        };
+        Ok(VmRun {
+            outcome,
+            guest_touched_bytes,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::bus::BusDevice;
 use crate::exit::ExitSignal;
-use crate::timing::{GuestEvent, GuestStamps};
+use crate::timing::{Phase, Timeline};
 
 /// I/O port of the boot timer (offset 0) and the workload-status register (offset 1).
 pub const BOOT_TIMER_PORT: u64 = 0x3f0;
@@ -20,14 +20,14 @@ pub const MAGIC_BOOT_COMPLETE: u8 = 123;
 
 /// The boot timer device; one instance sits on each bus.
 pub struct BootTimer {
-    stamps: Arc<GuestStamps>,
+    timeline: Arc<Timeline>,
     exit: Arc<ExitSignal>,
 }
 
 impl BootTimer {
-    /// A boot timer recording into `stamps` and reporting statuses to `exit`.
-    pub fn new(stamps: Arc<GuestStamps>, exit: Arc<ExitSignal>) -> Self {
-        Self { stamps, exit }
+    /// A boot timer recording into `timeline` and reporting statuses to `exit`.
+    pub fn new(timeline: Arc<Timeline>, exit: Arc<ExitSignal>) -> Self {
+        Self { timeline, exit }
     }
 }
 
@@ -39,13 +39,8 @@ impl BusDevice for BootTimer {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            0 if value == MAGIC_BOOT_COMPLETE && self.stamps.mark(GuestEvent::UserspaceReached) => {
-                if let Some(t) = self.stamps.get(GuestEvent::UserspaceReached) {
-                    log::info!(
-                        "guest boot complete: userspace reached {:.3} ms after start",
-                        t.as_secs_f64() * 1e3
-                    );
-                }
+            0 if value == MAGIC_BOOT_COMPLETE && self.timeline.mark(Phase::UserspaceReached) => {
+                log::info!("guest boot complete: userspace reached");
             }
             1 => self.exit.set_guest_status(value),
             _ => {}
@@ -56,19 +51,19 @@ impl BusDevice for BootTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn only_the_magic_value_stamps() {
-        let stamps = Arc::new(GuestStamps::new(Instant::now()));
-        let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut t = BootTimer::new(stamps.clone(), exit.clone());
+        let timeline = Arc::new(Timeline::new());
+        let exit = Arc::new(ExitSignal::new(timeline.clone()).unwrap());
+        let mut t = BootTimer::new(timeline.clone(), exit.clone());
         t.write(0, &[1]);
-        assert!(stamps.get(GuestEvent::UserspaceReached).is_none());
+        assert!(timeline.get(Phase::UserspaceReached).is_none());
         t.write(0, &[123, 0, 0, 0]);
-        assert!(stamps.get(GuestEvent::UserspaceReached).is_some());
+        assert!(timeline.get(Phase::UserspaceReached).is_some());
         t.write(1, &[7]);
         assert_eq!(exit.guest_status(), Some(7));
+        assert!(timeline.get(Phase::WorkloadEnd).is_some());
         t.write(5, &[]);
     }
 }

@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn reset_pulse_stops_the_vm() {
-        let exit = Arc::new(ExitSignal::new().unwrap());
+        let exit = Arc::new(ExitSignal::new(Default::default()).unwrap());
         let mut dev = I8042::new(exit.clone());
         dev.write(4, &[0x12]);
         dev.write(0, &[0xfe]);
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn garbage_is_harmless() {
-        let exit = Arc::new(ExitSignal::new().unwrap());
+        let exit = Arc::new(ExitSignal::new(Default::default()).unwrap());
         let mut dev = I8042::new(exit.clone());
         let mut buf = [0xaa; 4];
         dev.read(4, &mut buf);

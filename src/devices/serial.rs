@@ -10,7 +10,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::bus::{BusDevice, lock};
-use crate::timing::{GuestEvent, GuestStamps};
+use crate::timing::{Phase, Timeline};
 
 /// COM1's first port.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -79,25 +79,29 @@ impl ConsoleWatch {
 /// The console's output side: the host writer plus the watcher.
 pub struct ConsoleOut {
     out: Box<dyn Write + Send>,
-    stamps: Arc<GuestStamps>,
+    timeline: Arc<Timeline>,
     watch: Arc<Mutex<ConsoleWatch>>,
 }
 
 impl ConsoleOut {
-    /// Output to `out`, stamping into `stamps`, watching into `watch`.
+    /// Output to `out`, stamping into `timeline`, watching into `watch`.
     pub fn new(
         out: Box<dyn Write + Send>,
-        stamps: Arc<GuestStamps>,
+        timeline: Arc<Timeline>,
         watch: Arc<Mutex<ConsoleWatch>>,
     ) -> Self {
-        Self { out, stamps, watch }
+        Self {
+            out,
+            timeline,
+            watch,
+        }
     }
 }
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if !buf.is_empty() {
-            self.stamps.mark(GuestEvent::FirstConsoleByte);
+            self.timeline.mark(Phase::FirstConsoleByte);
             let mut watch = lock(&self.watch);
             for &b in buf {
                 watch.feed(b);
@@ -158,7 +162,6 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn panic_line_is_caught() {
@@ -193,15 +196,15 @@ mod tests {
 
     #[test]
     fn output_and_garbage() {
-        let stamps = Arc::new(GuestStamps::new(Instant::now()));
+        let timeline = Arc::new(Timeline::new());
         let sink = Sink::default();
-        let out = ConsoleOut::new(Box::new(sink.clone()), stamps.clone(), Default::default());
+        let out = ConsoleOut::new(Box::new(sink.clone()), timeline.clone(), Default::default());
         let (mut dev, _drained) =
             SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
         dev.write(0, b"h");
         dev.write(0, b"i");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");
-        assert!(stamps.get(GuestEvent::FirstConsoleByte).is_some());
+        assert!(timeline.get(Phase::FirstConsoleByte).is_some());
         for off in 0..300u64 {
             let mut d = [0u8; 4];
             dev.read(off, &mut d);

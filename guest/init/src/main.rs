@@ -128,6 +128,8 @@ fn main() {
         outb(STATUS_PORT, status);
     } else {
         println!("{}", greeting());
+        // The greeting is the workload: report it done, so ember can stamp its end.
+        outb(STATUS_PORT, 0);
     }
     // SAFETY: plain syscalls; PID 1 ends the machine here on purpose.
     unsafe {
