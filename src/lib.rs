@@ -4,6 +4,7 @@
 //! to boot, [`vmm::Vmm`] builds and runs it. docs/DESIGN.md walks the boot steps.
 
 pub mod arch;
+pub mod bench;
 pub mod config;
 pub mod devices;
 pub mod exit;
@@ -15,5 +16,10 @@ pub mod timing;
 pub mod vcpu;
 pub mod vmm;
 
-/// The guest init, a static Rust program from guest/init, built by build.rs.
+/// The guest init, a static Rust program from guest/init, built by build.rs. `ember bench`
+/// also runs it (`/init --workload`) as the container baselines' workload.
 pub const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ember-init"));
+
+/// The tiny PVH guest `ember bench` boots on hosts where Linux cannot reach userspace (one
+/// console line, the boot timer, a reset): tests/guests/hello_pvh.S.
+pub const BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/hello_pvh"));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use ember::arch::x86_64::boot;
+use ember::bench::{BenchConfig, BenchError};
 use ember::config::{self, ConfigError, InitrdChoice, VmConfig};
 use ember::exit::ExitReason;
 use ember::kvm::{HostFlavour, KvmError};
@@ -57,6 +58,35 @@ enum Command {
     Run(RunArgs),
     /// Describe this host's KVM: API version, capabilities, vCPU limit, hardware or PVM.
     Host,
+    /// Measure ember's startup against container runtimes and peer VMMs on this host.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Counted runs per subject.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    runs: usize,
+    /// Runs dropped at the start of each block (warm-up).
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    warmup: usize,
+    /// Baselines, comma-separated: process, namespaces, crun, runc, podman, docker, qemu.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "process,namespaces,crun,runc,podman,docker,qemu"
+    )]
+    baselines: Vec<String>,
+    /// A peer VMM to add: NAME='COMMAND {kernel} {initrd}' (run with sh -c); repeatable.
+    #[arg(long = "peer", value_name = "NAME=CMD")]
+    peers: Vec<String>,
+    /// Where results.json, results.csv and plot.svg go.
+    #[arg(long, value_name = "DIR", default_value = "ember-bench")]
+    out: PathBuf,
+    /// Options for `ember run` (after `--`); default: the guest suited to this host.
+    #[arg(last = true, value_name = "RUN-OPTIONS")]
+    run_args: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -167,6 +197,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Host => host(),
+        Command::Bench(args) => bench(args),
         Command::Run(args) => run(args),
     };
     terminal::restore();
@@ -177,6 +208,30 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+fn bench(args: BenchArgs) -> Result<u8, Failure> {
+    let cfg = BenchConfig {
+        runs: args.runs,
+        warmup: args.warmup,
+        baselines: args.baselines,
+        peers: args.peers,
+        out: args.out,
+        run_args: args.run_args,
+    };
+    let results = ember::bench::run(&cfg).map_err(|e| Failure {
+        code: match e {
+            BenchError::Ember(_) | BenchError::Exe(_) => code::HOST_ERROR,
+            _ => code::BAD_INPUT,
+        },
+        message: e.to_string(),
+    })?;
+    print!("{}", results.table());
+    println!(
+        "results: {}/results.json, results.csv, plot.svg",
+        cfg.out.display()
+    );
+    Ok(0)
 }
 
 fn host() -> Result<u8, Failure> {

@@ -1,0 +1,91 @@
+//! Timing one run the way a user would see it: a fresh process, wall clock from just before
+//! the spawn to its first byte on stdout (time to workload) and to its exit (whole process),
+//! with a blocking wait so nothing rounds the exit up.
+
+use std::io::Read;
+use std::process::Stdio;
+
+use super::subjects::Subject;
+use crate::timing::monotonic_ns;
+
+/// One run's measurements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Exec to "workload started": ember's boot-timer stamp, else the first stdout byte.
+    pub to_workload_ns: Option<u64>,
+    /// Exec to exit.
+    pub total_ns: u64,
+    /// ember only: each phase's delta from its `--timings` JSON.
+    pub phases: Vec<(String, u64)>,
+}
+
+/// Runs `subject` once (run number `run`); an error says why the run failed.
+pub fn measure(
+    subject: &Subject,
+    run: usize,
+    timings_dir: &std::path::Path,
+) -> Result<Sample, String> {
+    let mut cmd = subject.command(run);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = monotonic_ns();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", subject.argv[0]))?;
+    let mut err = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut first_byte = None;
+    if let Some(mut out) = child.stdout.take() {
+        let mut buf = [0u8; 8192];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    first_byte.get_or_insert_with(monotonic_ns);
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let t_end = monotonic_ns();
+    let stderr = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        return Err(format!("exited with {status}: {last}"));
+    }
+    let mut sample = Sample {
+        to_workload_ns: first_byte.map(|t| t - t0),
+        total_ns: t_end - t0,
+        phases: Vec::new(),
+    };
+    if subject.is_ember {
+        let path = timings_dir.join(format!("ember-{run}.json"));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("no timings in {}: {e}", path.display()))?;
+        let _ = std::fs::remove_file(&path);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("bad timings JSON: {e}"))?;
+        let phases = v["phases"].as_array().cloned().unwrap_or_default();
+        sample.to_workload_ns = phases
+            .iter()
+            .find(|p| p["name"] == "userspace_reached")
+            .and_then(|p| p["t_ns"].as_u64());
+        sample.phases = phases
+            .iter()
+            .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["delta_ns"].as_u64()?)))
+            .collect();
+    }
+    Ok(sample)
+}

@@ -1,0 +1,343 @@
+//! What `ember bench` measures: ember itself, the container baselines running the same
+//! workload binary, and peer VMMs booting the same guest. Each subject is a command line; one
+//! that cannot be prepared or fails its first run is skipped with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Every baseline `--baselines` accepts, in report order.
+pub const BASELINES: &[&str] = &[
+    "process",
+    "namespaces",
+    "crun",
+    "runc",
+    "podman",
+    "docker",
+    "qemu",
+];
+
+/// One thing to time.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Name in reports.
+    pub name: String,
+    /// Program and arguments; `{run}` in any argument becomes the run number.
+    pub argv: Vec<String>,
+    /// Whether this is ember (its time-to-workload comes from its own timeline).
+    pub is_ember: bool,
+}
+
+impl Subject {
+    fn new(name: &str, argv: Vec<String>) -> Self {
+        Subject {
+            name: name.to_string(),
+            argv,
+            is_ember: false,
+        }
+    }
+
+    /// The command for run number `run`.
+    pub fn command(&self, run: usize) -> Command {
+        let argv: Vec<String> = self
+            .argv
+            .iter()
+            .map(|a| a.replace("{run}", &run.to_string()))
+            .collect();
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    }
+}
+
+/// What the guests and containers run, laid out under the output directory.
+pub struct Workload {
+    /// A root filesystem holding just `/init` (ember's init, run as `/init --workload`) and
+    /// empty `proc dev sys tmp etc`.
+    pub rootfs: PathBuf,
+    /// The kernel the VMMs boot.
+    pub kernel: PathBuf,
+    /// The initrd the VMMs boot, if any.
+    pub initrd: Option<PathBuf>,
+}
+
+/// Writes the workload root filesystem under `dir`.
+pub fn make_rootfs(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = dir.join("rootfs");
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    let init = rootfs.join("init");
+    std::fs::write(&init, crate::GUEST_INIT)?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::canonicalize(rootfs)
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Writes an OCI bundle (config.json from `crun spec`, edited) for crun and runc.
+fn make_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf, String> {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle)
+        .map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    let out = Command::new("crun")
+        .args(["spec"])
+        .current_dir(&bundle)
+        .output()
+        .map_err(|e| format!("crun spec: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "crun spec failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = std::fs::read_to_string(bundle.join("config.json")).map_err(|e| e.to_string())?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    spec["process"]["args"] = serde_json::json!(["/init", "--workload"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["root"]["path"] = serde_json::json!(rootfs.display().to_string());
+    spec["root"]["readonly"] = serde_json::json!(true);
+    std::fs::write(bundle.join("config.json"), spec.to_string()).map_err(|e| e.to_string())?;
+    Ok(bundle)
+}
+
+/// The hard limit on open files, which podman must be told explicitly on these hosts.
+fn nofile_hard() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the live rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_max
+}
+
+/// The docker socket `bench/setup-baselines.sh` starts dockerd on.
+pub const DOCKER_SOCK: &str = "/run/ember-bench/docker/docker.sock";
+/// The image the docker baseline runs.
+pub const DOCKER_IMAGE: &str = "ember-bench-workload:latest";
+
+/// Imports the rootfs as a docker image (no registry needed).
+fn docker_image(rootfs: &Path) -> Result<(), String> {
+    let host = format!("unix://{DOCKER_SOCK}");
+    let ping = Command::new("docker")
+        .args(["-H", &host, "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(ping, Ok(s) if s.success()) {
+        return Err(format!(
+            "no dockerd answers on {DOCKER_SOCK}: run bench/setup-baselines.sh"
+        ));
+    }
+    let script = format!(
+        "tar -C {} -c . | docker -H {host} import - {DOCKER_IMAGE}",
+        rootfs.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker import failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the baseline `name`, or says why it cannot run here.
+pub fn baseline(name: &str, dir: &Path, w: &Workload) -> Result<Subject, String> {
+    let rootfs = w.rootfs.display().to_string();
+    let init = w.rootfs.join("init").display().to_string();
+    match name {
+        "process" => Ok(Subject::new(name, vec![init, "--workload".into()])),
+        "namespaces" => {
+            if !on_path("unshare") {
+                return Err("unshare is not installed (util-linux)".into());
+            }
+            let mut argv = s(&[
+                "unshare",
+                "--fork",
+                "--pid",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--mount-proc",
+                "chroot",
+            ]);
+            argv.extend([rootfs, "/init".into(), "--workload".into()]);
+            Ok(Subject::new(name, argv))
+        }
+        "crun" | "runc" => {
+            if !on_path(name) {
+                return Err(format!("{name} is not installed (apt-get install {name})"));
+            }
+            if !on_path("crun") {
+                return Err("its bundle is made with `crun spec`: install crun".into());
+            }
+            let bundle = make_bundle(dir, &w.rootfs)?.display().to_string();
+            let id = format!("ember-bench-{}-{name}-{{run}}", std::process::id());
+            Ok(Subject::new(
+                name,
+                vec![name.into(), "run".into(), "--bundle".into(), bundle, id],
+            ))
+        }
+        "podman" => {
+            if !on_path("podman") {
+                return Err("podman is not installed (apt-get install podman)".into());
+            }
+            let h = nofile_hard();
+            let mut argv = s(&[
+                "podman",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+            ]);
+            argv.extend([
+                "--ulimit".into(),
+                format!("nofile={h}:{h}"),
+                "--ulimit".into(),
+                "nproc=32768:32768".into(),
+                "--rootfs".into(),
+                rootfs,
+                "/init".into(),
+                "--workload".into(),
+            ]);
+            Ok(Subject::new(name, argv))
+        }
+        "docker" => {
+            if !on_path("docker") {
+                return Err("docker is not installed (apt-get install docker.io)".into());
+            }
+            docker_image(&w.rootfs)?;
+            let mut argv = s(&["docker", "-H"]);
+            argv.extend([
+                format!("unix://{DOCKER_SOCK}"),
+                "run".into(),
+                "--rm".into(),
+                "--network".into(),
+                "none".into(),
+            ]);
+            argv.extend([
+                DOCKER_IMAGE.to_string(),
+                "/init".into(),
+                "--workload".into(),
+            ]);
+            Ok(Subject::new(name, argv))
+        }
+        "qemu" => {
+            if !on_path("qemu-system-x86_64") {
+                return Err(
+                    "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
+                );
+            }
+            let mut argv = s(&["qemu-system-x86_64", "-M", "microvm", "-enable-kvm"]);
+            // arch-capabilities: QEMU cannot set that MSR on every host (PVM).
+            argv.extend(s(&[
+                "-cpu",
+                "host,-arch-capabilities",
+                "-m",
+                "128",
+                "-smp",
+                "1",
+            ]));
+            argv.extend(s(&[
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ]));
+            argv.extend(s(&["-device", "i8042", "-kernel"]));
+            argv.push(w.kernel.display().to_string());
+            if let Some(rd) = &w.initrd {
+                argv.push("-initrd".into());
+                argv.push(rd.display().to_string());
+                argv.push("-append".into());
+                argv.push(crate::config::DEFAULT_CMDLINE.to_string());
+            }
+            Ok(Subject::new(name, argv))
+        }
+        other => Err(format!("unknown baseline {other}")),
+    }
+}
+
+/// A user's peer VMM: `NAME=CMD` with `{kernel}` (and optionally `{initrd}`) in CMD, run
+/// through `sh -c`.
+pub fn peer(name: &str, template: &str, w: &Workload) -> Subject {
+    let initrd = w
+        .initrd
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let cmd = template
+        .replace("{kernel}", &w.kernel.display().to_string())
+        .replace("{initrd}", &initrd);
+    Subject::new(name, vec!["sh".into(), "-c".into(), cmd])
+}
+
+/// ember itself: `ember run` with the given run options and a per-run timings file.
+pub fn ember(exe: &Path, run_args: &[String], timings_dir: &Path) -> Subject {
+    let mut argv = vec![exe.display().to_string(), "run".into()];
+    argv.extend(run_args.iter().cloned());
+    argv.push(format!(
+        "--timings={}/ember-{{run}}.json",
+        timings_dir.display()
+    ));
+    Subject {
+        name: "ember".into(),
+        argv,
+        is_ember: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload() -> Workload {
+        Workload {
+            rootfs: PathBuf::from("/r"),
+            kernel: PathBuf::from("/k"),
+            initrd: Some(PathBuf::from("/i")),
+        }
+    }
+
+    #[test]
+    fn peer_templates_are_filled() {
+        let p = peer("fc", "fc --kernel {kernel} --initrd {initrd}", &workload());
+        assert_eq!(p.argv, ["sh", "-c", "fc --kernel /k --initrd /i"]);
+    }
+
+    #[test]
+    fn run_numbers_are_substituted() {
+        let s = Subject::new("x", vec!["echo".into(), "id-{run}".into()]);
+        let c = s.command(7);
+        assert_eq!(c.get_args().next().unwrap(), "id-7");
+    }
+
+    #[test]
+    fn unknown_baseline_is_refused() {
+        assert!(baseline("lxc", Path::new("/tmp"), &workload()).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! `ember bench` end to end: a short run against the process baseline and crun, and its bad
+//! input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn out_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ember-bench-test-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn short_bench_writes_parseable_results() {
+    let out = out_dir("short");
+    let crun = std::process::Command::new("crun")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let baselines = if crun { "process,crun" } else { "process" };
+    if !crun {
+        skip(
+            "short_bench_writes_parseable_results (crun part)",
+            "crun is not installed: run bench/setup-baselines.sh",
+        );
+    }
+    let o = run(
+        &[
+            "bench",
+            "--runs",
+            "3",
+            "--baselines",
+            baselines,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("ember"), "{o:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(v["schema"], "ember-bench/1");
+    assert!(v["host"]["flavour"].is_string());
+    let subjects = v["subjects"].as_array().unwrap();
+    let by_name = |n: &str| {
+        subjects
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing: {v}"))
+    };
+    let ember = by_name("ember");
+    assert!(ember["skipped"].is_null(), "{ember}");
+    assert_eq!(ember["total"]["n"], 3);
+    assert!(
+        ember["to_workload"]["median_ns"].as_f64().unwrap() > 0.0,
+        "{ember}"
+    );
+    assert!((ember["ratio_total_to_ember"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    assert!(!ember["phase_medians_ns"].as_array().unwrap().is_empty());
+    for name in baselines.split(',') {
+        let s = by_name(name);
+        assert!(s["skipped"].is_null(), "{name} was skipped: {s}");
+        assert_eq!(s["samples"].as_array().unwrap().len(), 3, "{s}");
+        assert!(s["ratio_total_to_ember"].as_f64().unwrap() > 0.0);
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns\n"));
+    assert_eq!(csv.lines().filter(|l| l.starts_with("ember,")).count(), 3);
+    let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("ember"),
+        "plot.svg is not a plot"
+    );
+}
+
+#[test]
+fn missing_runtime_is_skipped_not_fatal() {
+    let out = out_dir("skip");
+    let o = ember()
+        .args([
+            "bench",
+            "--runs",
+            "1",
+            "--baselines",
+            "process,podman",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("podman       skipped: podman is not installed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let out = out_dir("bad");
+    let o_str = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["bench", "--baselines", "lxc", "--out", o_str],
+            "unknown baseline \"lxc\"",
+        ),
+        (vec!["bench", "--runs", "0", "--out", o_str], "--runs 0"),
+        (
+            vec!["bench", "--out", "/proc/ember-bench"],
+            "--out /proc/ember-bench",
+        ),
+        (
+            vec![
+                "bench",
+                "--peer",
+                "fc=firecracker --config x",
+                "--out",
+                o_str,
+            ],
+            "no {kernel}",
+        ),
+        (
+            vec!["bench", "--peer", "firecracker", "--out", o_str],
+            "NAME=",
+        ),
+    ] {
+        let o = run(&args, Duration::from_secs(30));
+        assert_eq!(o.code, Some(2), "{args:?}: {o:?}");
+        assert_eq!(o.stderr.lines().count(), 1, "{args:?}: {o:?}");
+        assert!(o.stderr.contains(needle), "{args:?}: {o:?}");
+    }
+}
