@@ -72,10 +72,13 @@ impl BenchResults {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "host: {} /dev/kvm, {}; guest: {}\n",
+            "host: {} /dev/kvm, {} ({} cores), Linux {}; guest: {} [{}]\n",
             self.host["flavour"].as_str().unwrap_or("?"),
             self.host["cpu"].as_str().unwrap_or("?"),
-            self.guest["description"].as_str().unwrap_or("?")
+            self.host["cores"],
+            self.host["kernel"].as_str().unwrap_or("?"),
+            self.guest["description"].as_str().unwrap_or("?"),
+            self.guest["kernel"].as_str().unwrap_or("?")
         ));
         out.push_str(&format!(
             "{:<12} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8}\n",
