@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use ember::arch::x86_64::boot;
 use ember::bench::{BenchConfig, BenchError};
 use ember::config::{self, ConfigError, InitrdChoice, VmConfig};
+use ember::devices::serial::FdWriter;
 use ember::exit::ExitReason;
 use ember::kvm::{HostFlavour, KvmError};
 use ember::timing::report::{self, Report};
@@ -311,7 +312,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         cmdline: cfg.cmdline.clone(),
         vcpus: cfg.vcpus,
         mem_size: cfg.mem_mib << 20,
-        console_out: Box::new(std::io::stdout()),
+        console_out: Box::new(FdWriter::stdout()),
         console_in: Some(libc::STDIN_FILENO),
         console_in_is_tty: is_tty,
         timeline: timeline.clone(),

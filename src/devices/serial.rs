@@ -50,6 +50,40 @@ impl SerialEvents for InputEvents {
     }
 }
 
+/// Guest console output straight to a file descriptor (stdout), unbuffered.
+///
+/// Not `std::io::Stdout`: its lock would be held by a vCPU thread blocked on a full pipe, and
+/// `write_all` retries EINTR forever, so a stop could never interrupt it. Here the kick signal's
+/// EINTR surfaces as an error, the byte is dropped, and the vCPU thread sees the stop.
+pub struct FdWriter(pub std::os::fd::RawFd);
+
+impl FdWriter {
+    /// The process's stdout.
+    pub fn stdout() -> Self {
+        FdWriter(libc::STDOUT_FILENO)
+    }
+}
+
+impl Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: writing from a live buffer of `buf.len()` bytes to a descriptor we were given.
+        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.kind() == std::io::ErrorKind::Interrupted {
+                std::io::Error::other("console write interrupted by a stop")
+            } else {
+                e
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What the guest's console said that ember acts on.
 #[derive(Debug, Default)]
 pub struct ConsoleWatch {
@@ -108,9 +142,11 @@ impl Write for ConsoleOut {
             }
         }
         // The guest's bytes are dropped, not queued, when the host side fails (a closed
-        // stdout): a guest must not be able to grow ember's memory.
+        // stdout): a guest must not be able to grow ember's memory. An interrupted write (a
+        // stop is under way) is an error, so the vCPU thread does not retry it.
         match self.out.write(buf) {
             Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Other => Err(e),
             Err(_) => Ok(buf.len()),
         }
     }
