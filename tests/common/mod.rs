@@ -108,9 +108,16 @@ pub fn run_guest(name: &str, extra: &[&str]) -> Outcome {
     run(&args, Duration::from_secs(60))
 }
 
+/// Writes a line to the real stderr: libtest captures `println!` of passing tests, and a
+/// SKIP or TIER line must be seen in every run.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Prints the one line that says a test could not run here, and why.
 pub fn skip(test: &str, reason: &str) {
-    println!("SKIP: {test}: {reason}");
+    say(&format!("SKIP: {test}: {reason}"));
 }
 
 /// The project kernel built by kernels/build.sh, if present.
@@ -126,7 +133,7 @@ pub fn tier(test: &str) -> HostFlavour {
         HostFlavour::Hardware(_) => "hardware tier (boots to userspace)",
         _ => "PVM tier (kernel load, boot protocol and console, up to where the host stops it)",
     };
-    println!("TIER: {test}: {} /dev/kvm: {tier}", f.name());
+    say(&format!("TIER: {test}: {} /dev/kvm: {tier}", f.name()));
     f
 }
 

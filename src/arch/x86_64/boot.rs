@@ -542,3 +542,71 @@ mod tests {
         assert_eq!(detect_format(&[0x55; 0x300]), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz_smoke {
+    //! Arbitrary bytes as a kernel image, through format detection and both loaders: every
+    //! input must end in Ok or Err, never a panic. A deterministic stand-in for a fuzzer run.
+    use super::*;
+    use std::io::Write;
+
+    /// xorshift64*: reproducible pseudo-random bytes without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    #[test]
+    fn arbitrary_images_never_panic() {
+        let mem_size = 16u64 << 20;
+        let mem = crate::memory::create(mem_size).unwrap();
+        let path = std::env::temp_dir().join(format!("ember-fuzz-kernel-{}", std::process::id()));
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for i in 0..1500 {
+            let len = (rng.next() % 0x3000) as usize + 1;
+            let mut img = rng.bytes(len);
+            match i % 3 {
+                // An ELF64 x86-64 header with random program headers.
+                0 if img.len() >= 64 => {
+                    img[..4].copy_from_slice(b"\x7fELF");
+                    img[4] = 2;
+                    img[5] = 1;
+                    img[18] = 62;
+                    img[19] = 0;
+                    img[54] = 56;
+                    img[55] = 0;
+                    img[56] = (rng.next() % 8) as u8;
+                    img[57] = 0;
+                }
+                // A bzImage boot sector with a random setup header.
+                1 if img.len() >= 0x300 => {
+                    img[0x202..0x206].copy_from_slice(b"HdrS");
+                    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+                    img[0x211] |= 1;
+                    img[0x236] |= 1;
+                }
+                _ => {}
+            }
+            let mut f = std::fs::File::create(&path).unwrap();
+            f.write_all(&img).unwrap();
+            drop(f);
+            let mut f = File::open(&path).unwrap();
+            if let Ok(k) = load_kernel(&mem, mem_size, "fuzz", &mut f) {
+                // Whatever loaded must also take boot parameters without panicking.
+                let rd = load_initrd(&mem, mem_size, &k, "fuzz-initrd", &img).ok();
+                let _ = write_boot_params(&mem, mem_size, &k, 10, rd);
+            }
+            let mut f = File::open(&path).unwrap();
+            let _ = looks_like_linux(&mut f);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Soak: SEQ sequential boots, then PAR guests at once, of a tiny guest (tests/guests/hello64),
+# checking that every one ended with exit 0 and its expected output, that no ember process is
+# left behind, and that the host got its memory back.
+#
+#   cargo build --release && bench/soak.sh [SEQ=500] [PAR=50]
+#   EMBER=path GUEST=path bench/soak.sh ...   (what the test suite's smoke run uses)
+# Each boot is bounded by `timeout 60`; the whole script by SEQ and PAR.
+set -uo pipefail
+seq_n=${1:-500}
+par_n=${2:-50}
+root=$(cd "$(dirname "$0")/.." && pwd)
+ember=${EMBER:-$root/target/release/ember}
+guest=${GUEST:-$(ls -td "$root"/target/release/build/ember-*/out/guests 2>/dev/null | head -1)/hello64}
+[ -x "$ember" ] && [ -f "$guest" ] || { echo "soak.sh: build first: cargo build --release" >&2; exit 2; }
+expect="boot_params ok"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+avail() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
+fail=0
+
+mem0=$(avail)
+t0=$(date +%s.%N)
+for i in $(seq 1 "$seq_n"); do
+  out=$(timeout 60 "$ember" run --kernel "$guest" --no-initrd </dev/null 2>&1)
+  rc=$?
+  if [ "$rc" -ne 0 ] || [[ "$out" != *"$expect"* ]]; then
+    echo "soak.sh: sequential boot $i: exit $rc: $out" >&2
+    fail=$((fail + 1))
+  fi
+done
+t1=$(date +%s.%N)
+echo "sequential: $((seq_n - fail))/$seq_n ok in $(echo "$t1 - $t0" | bc) s"
+
+pfail=0
+t0=$(date +%s.%N)
+for i in $(seq 1 "$par_n"); do
+  (timeout 60 "$ember" run --kernel "$guest" --no-initrd </dev/null >"$tmp/$i.out" 2>&1; echo $? >"$tmp/$i.rc") &
+done
+wait
+t1=$(date +%s.%N)
+for i in $(seq 1 "$par_n"); do
+  if [ "$(cat "$tmp/$i.rc")" != 0 ] || ! grep -q "$expect" "$tmp/$i.out"; then
+    echo "soak.sh: parallel boot $i: exit $(cat "$tmp/$i.rc"): $(cat "$tmp/$i.out")" >&2
+    pfail=$((pfail + 1))
+  fi
+done
+echo "parallel: $((par_n - pfail))/$par_n ok in $(echo "$t1 - $t0" | bc) s"
+
+left=$(pgrep -f "$ember run" | wc -l)
+echo "ember processes left: $left"
+sleep 1
+mem1=$(avail)
+echo "host MemAvailable: $((mem0 / 1024)) MiB before, $((mem1 / 1024)) MiB after"
+# Allow 64 MiB of drift from page cache and other tenants.
+lost=$(( (mem0 - mem1) / 1024 ))
+[ "$lost" -lt 64 ] || { echo "soak.sh: host memory not returned: $lost MiB" >&2; fail=$((fail + 1)); }
+[ "$left" -eq 0 ] || fail=$((fail + 1))
+[ $((fail + pfail)) -eq 0 ] && echo "soak: ok" || { echo "soak: FAILED" >&2; exit 1; }
