@@ -486,20 +486,21 @@ impl Controller {
         let want = capacity.min(buf.len());
         // SAFETY: reading into a live buffer of at least `want` bytes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, want) };
-        if n == 0
-            || (n < 0
-                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
-                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
-        {
+        let n = match usize::try_from(n) {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => return,
+                _ => None,
+            },
+        };
+        let Some(n) = n else {
             // EOF (or a broken stdin): the guest keeps running without input.
             let _ = ops.remove(Events::empty_raw(fd));
             self.input_state = InputState::Closed;
             return;
-        }
-        if n < 0 {
-            return;
-        }
-        let input = &buf[..n as usize];
+        };
+        let input = &buf[..n];
         let mut forward = Vec::with_capacity(input.len());
         for &b in input {
             if self.escape_enabled && self.escape_armed {
