@@ -11,6 +11,7 @@ pub mod exit;
 pub mod initramfs;
 pub mod kvm;
 pub mod memory;
+pub mod seccomp;
 pub mod terminal;
 pub mod timing;
 pub mod vcpu;

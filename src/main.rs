@@ -122,6 +122,9 @@ struct RunArgs {
     /// JSON on stderr (`--timings=json`) or JSON into a file (`--timings=FILE`).
     #[arg(long, value_name = "json|FILE", num_args = 0..=1, require_equals = true, default_missing_value = "table")]
     timings: Option<String>,
+    /// Run vCPU threads without their seccomp filter. Unsafe: for debugging ember only.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Arguments for the --exec program.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -317,6 +320,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         console_in_is_tty: is_tty,
         timeline: timeline.clone(),
         measure_guest_memory: timings.is_some(),
+        seccomp: !args.no_seccomp,
     };
     let vmm = Vmm::build(spec)?;
     terminal::enter_raw_mode();

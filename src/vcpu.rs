@@ -123,7 +123,8 @@ impl Vcpu {
         Ok(Self { fd, id })
     }
 
-    /// Starts the vCPU's thread; it enters the guest once `barrier` releases it.
+    /// Starts the vCPU's thread; it enters the guest once `barrier` releases it, and hands
+    /// the vCPU back when it stops.
     pub fn spawn(
         self,
         pio: Arc<Bus>,
@@ -131,22 +132,45 @@ impl Vcpu {
         exit: Arc<ExitSignal>,
         barrier: Arc<Barrier>,
         timeline: Arc<Timeline>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+        filter: Option<Arc<seccompiler::BpfProgram>>,
+    ) -> Result<JoinHandle<Vcpu>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // The filter goes on before the barrier, so before any guest instruction.
+                let filtered = match filter.as_deref().map(crate::seccomp::apply) {
+                    Some(Err(e)) => {
+                        exit.request(ExitReason::VcpuFailed {
+                            cpu: id,
+                            what: e.to_string(),
+                        });
+                        barrier.wait();
+                        return self;
+                    }
+                    Some(Ok(())) => true,
+                    None => false,
+                };
+                if filtered && std::env::var_os("EMBER_SECCOMP_SELF_TEST").is_some() {
+                    // A self-test (tests/seccomp.rs): a forbidden call proves the filter is
+                    // live; it can only stop this very process.
+                    // SAFETY: getppid has no preconditions; the filter stops the process here.
+                    unsafe { libc::getppid() };
+                }
                 barrier.wait();
                 if id == 0 {
                     timeline.mark(Phase::FirstKvmRun);
                 }
-                self.run(&pio, &mmio, &exit);
+                let mut vcpu = self;
+                vcpu.run(&pio, &mmio, &exit);
+                // Handed back so the joining thread closes the fd: close is not in the filter.
+                vcpu
             })
             .map_err(|source| VcpuError::Spawn { cpu: id, source })
     }
 
     /// The run loop: until a stop is requested or the vCPU cannot go on.
-    fn run(mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
+    fn run(&mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
         let id = self.id;
         while !exit.is_stopping() {
             let outcome = match self.fd.run() {

@@ -118,6 +118,8 @@ pub struct VmSpec {
     pub timeline: Arc<Timeline>,
     /// Whether to count the guest's resident memory when it stops (for `--timings`).
     pub measure_guest_memory: bool,
+    /// Whether vCPU threads run under their seccomp filter (off only for debugging).
+    pub seccomp: bool,
 }
 
 /// A finished run.
@@ -156,6 +158,7 @@ pub struct Vmm {
     _kvm: Kvm,
     mem: GuestMemoryMmap,
     measure_guest_memory: bool,
+    seccomp: bool,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -271,6 +274,7 @@ impl Vmm {
             _kvm: kvm,
             mem,
             measure_guest_memory: spec.measure_guest_memory,
+            seccomp: spec.seccomp,
             exit,
             console,
             serial,
@@ -311,6 +315,15 @@ impl Vmm {
         }));
         em.add_subscriber(controller);
 
+        let filter = if self.seccomp {
+            let f = crate::seccomp::vcpu_filter().map_err(|e| VmmError::Host {
+                what: "seccomp",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            Some(Arc::new(f))
+        } else {
+            None
+        };
         let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
         let mut handles = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
@@ -320,6 +333,7 @@ impl Vmm {
                 self.exit.clone(),
                 barrier.clone(),
                 self.timeline.clone(),
+                filter.clone(),
             ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -380,7 +394,7 @@ impl Vmm {
 
 /// Kicks every vCPU thread out of KVM_RUN until it sees the stop, then joins it. A thread
 /// that does not stop within two seconds (stuck in a host write) is left behind, detached.
-fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
+fn stop_vcpus(handles: Vec<JoinHandle<Vcpu>>) {
     let deadline = Instant::now() + Duration::from_secs(2);
     for h in handles {
         let mut pause = Duration::from_micros(50);
@@ -392,7 +406,8 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
             pause = (pause * 2).min(Duration::from_millis(10));
         }
         if h.is_finished() {
-            let _ = h.join();
+            // Dropping the returned vCPU closes its fd here, outside the vCPU's filter.
+            drop(h.join());
         } else {
             log::warn!("a vCPU thread did not stop in time; leaving it behind");
         }

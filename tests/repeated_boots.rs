@@ -45,6 +45,7 @@ fn boot_once() {
         console_in_is_tty: false,
         timeline: Arc::new(Timeline::new()),
         measure_guest_memory: false,
+        seccomp: true,
     };
     let run = Vmm::build(spec).expect("build").run().expect("run");
     assert_eq!(
