@@ -36,14 +36,34 @@ pub const DEFAULT_MEM_MIB: u64 = 128;
 /// above it and an initramfs.
 pub const MIN_MEM_MIB: u64 = 8;
 
+/// A path as error messages show it: control characters escaped, so that a file name with a
+/// newline cannot break an error into several lines.
+pub fn shown(path: &Path) -> String {
+    one_line(&path.display().to_string())
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...): what goes on one line.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The default kernel is not built.
-    #[error("default kernel {0} is not built yet: run kernels/build.sh, or pass --kernel PATH")]
+    #[error("default kernel {} is not built yet: run kernels/build.sh, or pass --kernel PATH", shown(.0))]
     NoDefaultKernel(PathBuf),
     /// A file is missing or unreadable.
-    #[error("{what} {path}: {reason}")]
+    #[error("{what} {}: {reason}", shown(.path))]
     File {
         /// Which input.
         what: &'static str,
@@ -78,11 +98,12 @@ pub enum ConfigError {
     CmdlineNul,
     /// The exec program is dynamically linked.
     #[error(
-        "--exec {0}: dynamically linked, but the guest has no shared libraries: build it static (gcc -static, or RUSTFLAGS='-C target-feature=+crt-static')"
+        "--exec {}: dynamically linked, but the guest has no shared libraries: build it static (gcc -static, or RUSTFLAGS='-C target-feature=+crt-static')",
+        shown(.0)
     )]
     ExecDynamic(PathBuf),
     /// The exec program is not an ELF executable.
-    #[error("--exec {0}: not an x86_64 ELF executable: pass a static Linux program")]
+    #[error("--exec {}: not an x86_64 ELF executable: pass a static Linux program", shown(.0))]
     ExecNotElf(PathBuf),
 }
 
@@ -282,6 +303,17 @@ mod tests {
         let mut c = config();
         c.kernel = PathBuf::from("/");
         assert!(c.validate().unwrap_err().to_string().contains("directory"));
+    }
+
+    #[test]
+    fn errors_stay_on_one_line() {
+        // Found by fuzz/fuzz_targets/config_validation.rs: a kernel path with a newline.
+        let mut c = config();
+        c.kernel = PathBuf::from("\0\n");
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("\\n"), "{msg}");
+        assert_eq!(one_line("a\tb\u{1b}c"), "a\\tb\\u{1b}c");
     }
 
     #[test]

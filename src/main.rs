@@ -208,7 +208,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("ember: {}", f.message);
+            // One line, whatever a path or an OS error carried.
+            eprintln!("ember: {}", config::one_line(&f.message));
             ExitCode::from(f.code)
         }
     }
