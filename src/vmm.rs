@@ -25,7 +25,7 @@ use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
 };
 use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
-use crate::kvm::{self, HostFlavour, KvmError};
+use crate::kvm::{self, KvmError};
 use crate::memory::{self, MemoryError};
 use crate::timing::{Phase, Timeline};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
@@ -171,14 +171,11 @@ pub struct Vmm {
     pub timeline: Arc<Timeline>,
     /// How the guest enters.
     pub entry: EntryPoint,
-    /// What backs /dev/kvm.
-    pub flavour: HostFlavour,
 }
 
 impl Vmm {
     /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs.
     pub fn build(spec: VmSpec) -> Result<Self, VmmError> {
-        let flavour = HostFlavour::detect();
         // Step 2: KVM and its capabilities.
         let timeline = spec.timeline.clone();
         let kvm = kvm::open()?;
@@ -285,7 +282,6 @@ impl Vmm {
             console_in_is_tty: spec.console_in_is_tty,
             timeline,
             entry: kernel.entry,
-            flavour,
         })
     }
 

@@ -8,19 +8,25 @@ use std::process::Stdio;
 
 use common::*;
 
-#[test]
-fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
-    let o = ember()
+/// Boots the tiny guest with the seccomp self-test asked for, plus `extra` arguments.
+fn self_test(extra: &[&str]) -> std::process::Output {
+    ember()
         .args([
             "run",
             "--kernel",
             guest("hello64").to_str().unwrap(),
             "--no-initrd",
         ])
+        .args(extra)
         .env("EMBER_SECCOMP_SELF_TEST", "1")
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
+    let o = self_test(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.signal(),
@@ -39,18 +45,7 @@ fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
 
 #[test]
 fn no_seccomp_turns_the_filter_off() {
-    let o = ember()
-        .args([
-            "run",
-            "--kernel",
-            guest("hello64").to_str().unwrap(),
-            "--no-initrd",
-            "--no-seccomp",
-        ])
-        .env("EMBER_SECCOMP_SELF_TEST", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = self_test(&["--no-seccomp"]);
     assert_eq!(
         o.status.code(),
         Some(0),

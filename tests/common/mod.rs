@@ -83,15 +83,20 @@ pub fn wait(mut child: Child, limit: Duration) -> Outcome {
     }
 }
 
-/// Runs ember with `args`, stdin from /dev/null, within `limit`.
-pub fn run(args: &[&str], limit: Duration) -> Outcome {
-    let child = ember()
+/// Starts ember with `args`, stdin from /dev/null, stdout and stderr piped.
+pub fn spawn_quiet(args: &[&str]) -> Child {
+    ember()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start ember");
+        .expect("start ember")
+}
+
+/// Runs ember with `args`, stdin from /dev/null, within `limit`.
+pub fn run(args: &[&str], limit: Duration) -> Outcome {
+    let child = spawn_quiet(args);
     wait(child, limit)
 }
 
@@ -141,13 +146,7 @@ pub fn tier(test: &str) -> HostFlavour {
 /// it to stop. Returns the outcome with everything read so far.
 pub fn run_until_then_stop(args: &[&str], needle: &str, limit: Duration) -> Outcome {
     let start = Instant::now();
-    let mut child = ember()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ember");
+    let mut child = spawn_quiet(args);
     let mut out = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
