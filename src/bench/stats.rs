@@ -22,7 +22,7 @@ pub struct Summary {
 }
 
 /// The `p`th percentile (0-100) of sorted data, interpolating linearly between closest ranks
-/// (the method of numpy's default and of `bench/vmm_overhead.py`).
+/// (numpy's default method).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
