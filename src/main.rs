@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,7 @@ use ember::config::{self, ConfigError, InitrdChoice, VmConfig};
 use ember::devices::serial::FdWriter;
 use ember::exit::ExitReason;
 use ember::kvm::{HostFlavour, KvmError};
+use ember::seccomp::Seccomp;
 use ember::timing::report::{self, Report};
 use ember::timing::{Phase, Timeline, process_start};
 use ember::vmm::{InitrdImage, VmOutcome, VmSpec, Vmm, VmmError};
@@ -122,7 +124,8 @@ struct RunArgs {
     /// JSON on stderr (`--timings=json`) or JSON into a file (`--timings=FILE`).
     #[arg(long, value_name = "json|FILE", num_args = 0..=1, require_equals = true, default_missing_value = "table")]
     timings: Option<String>,
-    /// Run vCPU threads without their seccomp filter. Unsafe: for debugging ember only.
+    /// Run without seccomp filters (vCPU threads and the VMM thread). Unsafe: it leaves the
+    /// threads that handle guest-controlled input unconfined; for debugging ember only.
     #[arg(long)]
     no_seccomp: bool,
     /// Arguments for the --exec program.
@@ -194,7 +197,17 @@ impl From<VmmError> for Failure {
 
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
+        // One report and one exit, however many threads panic at once: the later ones wait
+        // here for the process to end.
+        static PANICKED: AtomicBool = AtomicBool::new(false);
+        if PANICKED.swap(true, Ordering::SeqCst) {
+            loop {
+                std::thread::park();
+            }
+        }
         terminal::restore();
+        // One line: a panic's message names its location on a line of its own.
+        let info = config::one_line(&info.to_string());
         eprintln!("ember: internal error (a bug, please report it): {info}");
         std::process::exit(i32::from(code::EMBER_PANIC));
     }));
@@ -257,6 +270,9 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         .as_deref()
         .map(TimingsOutput::parse)
         .transpose()?;
+    // Looked up now: once the VM runs, this thread's seccomp filter forbids the netlink
+    // socket and /proc files the lookup uses.
+    let started = timings.is_some().then(process_start::lookup);
 
     let explicit_kernel = args.kernel.is_some();
     let kernel = args.kernel.unwrap_or_else(config::default_kernel);
@@ -321,7 +337,11 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         console_in_is_tty: is_tty,
         timeline: timeline.clone(),
         measure_guest_memory: timings.is_some(),
-        seccomp: !args.no_seccomp,
+        seccomp: if args.no_seccomp {
+            Seccomp::Off
+        } else {
+            Seccomp::AllThreads
+        },
     };
     let vmm = Vmm::build(spec)?;
     terminal::enter_raw_mode();
@@ -331,16 +351,10 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     timeline.mark(Phase::VmTornDown);
     let _ = std::io::stdout().flush();
     let code = exit_code(&run.outcome, &cfg, flavour);
-    if let Some(out) = timings {
+    if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
-        let r = Report::new(
-            &timeline,
-            process_start::lookup(),
-            cpu,
-            peak_rss,
-            run.guest_touched_bytes,
-        );
+        let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes);
         out.write(&r)?;
     }
     code

@@ -1,12 +1,15 @@
 //! Raw mode for a terminal stdin, undone on every way out: normal return, error, signal (via
 //! the event loop) and panic (via the hook in main).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use vmm_sys_util::terminal::Terminal;
 
 /// The termios stdin had before ember changed it.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// The same termios, for a signal handler, which may not take a lock.
+static SAVED_FOR_SIGNALS: OnceLock<libc::termios> = OnceLock::new();
 
 /// Whether fd 0 is a terminal.
 pub fn stdin_is_tty() -> bool {
@@ -28,6 +31,7 @@ pub fn enter_raw_mode() -> bool {
     if std::io::stdin().lock().set_raw_mode().is_err() {
         return false;
     }
+    let _ = SAVED_FOR_SIGNALS.set(saved);
     *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
     true
 }
@@ -38,5 +42,15 @@ pub fn restore() {
     if let Some(t) = saved {
         // SAFETY: restores the termios read from this same terminal.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
+/// Restores the terminal from a signal handler (the seccomp reporter): no lock, no
+/// allocation, one `tcsetattr` (an ioctl both seccomp filters allow on stdin). Harmless when
+/// the terminal was already restored or never changed.
+pub fn restore_from_signal_handler() {
+    if let Some(t) = SAVED_FOR_SIGNALS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; `t` was read from this same terminal.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
     }
 }

@@ -3,7 +3,7 @@
 //! exit reason on the shared exit signal. It never exits the process and never panics on guest
 //! input.
 
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
@@ -15,6 +15,7 @@ use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp::{self, Role};
 use crate::timing::{Phase, Timeline};
 
 /// KVM's internal-error suberror for a failed instruction emulation.
@@ -61,6 +62,31 @@ pub enum VcpuError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Holds vCPU threads, each already under its filter, until the VMM thread opens it. Unlike a
+/// barrier it does not count threads, so it also opens for a partial set when starting a later
+/// thread failed; the threads then see the stop before entering the guest.
+#[derive(Default)]
+pub struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets every waiting and future thread through.
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate is open.
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// One vCPU, configured and ready to run.
@@ -123,14 +149,14 @@ impl Vcpu {
         Ok(Self { fd, id })
     }
 
-    /// Starts the vCPU's thread; it enters the guest once `barrier` releases it, and hands
+    /// Starts the vCPU's thread; it enters the guest once `gate` opens, and hands
     /// the vCPU back when it stops.
     pub fn spawn(
         self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
-        barrier: Arc<Barrier>,
+        gate: Arc<StartGate>,
         timeline: Arc<Timeline>,
         filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<JoinHandle<Vcpu>, VcpuError> {
@@ -138,26 +164,20 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                // The filter goes on before the barrier, so before any guest instruction.
-                let filtered = match filter.as_deref().map(crate::seccomp::apply) {
+                // The filter goes on before the gate, so before any guest instruction.
+                let filtered = match filter.as_deref().map(|f| seccomp::apply(f, Role::Vcpu)) {
                     Some(Err(e)) => {
                         exit.request(ExitReason::VcpuFailed {
                             cpu: id,
                             what: e.to_string(),
                         });
-                        barrier.wait();
                         return self;
                     }
                     Some(Ok(())) => true,
                     None => false,
                 };
-                if filtered && std::env::var_os("EMBER_SECCOMP_SELF_TEST").is_some() {
-                    // A self-test (tests/seccomp.rs): a forbidden call proves the filter is
-                    // live; it can only stop this very process.
-                    // SAFETY: getppid has no preconditions; the filter stops the process here.
-                    unsafe { libc::getppid() };
-                }
-                barrier.wait();
+                seccomp::self_test(Role::Vcpu, filtered);
+                gate.wait();
                 if id == 0 {
                     timeline.mark(Phase::FirstKvmRun);
                 }

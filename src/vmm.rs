@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,9 @@ use crate::devices::serial::{
 use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, MemoryError};
+use crate::seccomp::{self, Role, Seccomp, SeccompError};
 use crate::timing::{Phase, Timeline};
-use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{self, StartGate, Vcpu, VcpuError, VcpuSetup};
 
 /// Where the TSS goes: three pages just below the IOAPIC, inside the MMIO gap.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -86,6 +87,9 @@ pub enum VmmError {
     /// The event loop failed.
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// The initrd to hand the guest.
@@ -118,8 +122,9 @@ pub struct VmSpec {
     pub timeline: Arc<Timeline>,
     /// Whether to count the guest's resident memory when it stops (for `--timings`).
     pub measure_guest_memory: bool,
-    /// Whether vCPU threads run under their seccomp filter (off only for debugging).
-    pub seccomp: bool,
+    /// Which threads run under a seccomp filter. With [`Seccomp::AllThreads`] the thread that
+    /// calls [`Vmm::run`] stays confined after it returns.
+    pub seccomp: Seccomp,
 }
 
 /// A finished run.
@@ -158,7 +163,7 @@ pub struct Vmm {
     _kvm: Kvm,
     mem: GuestMemoryMmap,
     measure_guest_memory: bool,
-    seccomp: bool,
+    seccomp: Seccomp,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -311,40 +316,53 @@ impl Vmm {
         }));
         em.add_subscriber(controller);
 
-        let filter = if self.seccomp {
-            let f = crate::seccomp::vcpu_filter().map_err(|e| VmmError::Host {
-                what: "seccomp",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            Some(Arc::new(f))
-        } else {
-            None
+        // Both filters are built before any thread starts, so a failure stops nothing.
+        let vcpu_filter = match self.seccomp {
+            Seccomp::Off => None,
+            Seccomp::VcpuThreads | Seccomp::AllThreads => {
+                Some(Arc::new(seccomp::filter(Role::Vcpu)?))
+            }
         };
-        let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
+        let vmm_filter = match self.seccomp {
+            Seccomp::AllThreads => Some(seccomp::filter(Role::Vmm)?),
+            Seccomp::Off | Seccomp::VcpuThreads => None,
+        };
+        let gate = Arc::new(StartGate::default());
         let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut started = Ok(());
         for vcpu in self.vcpus.drain(..) {
             match vcpu.spawn(
                 self.pio.clone(),
                 self.mmio.clone(),
                 self.exit.clone(),
-                barrier.clone(),
+                gate.clone(),
                 self.timeline.clone(),
-                filter.clone(),
+                vcpu_filter.clone(),
             ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    // Release the threads already waiting so they can see the stop.
-                    self.exit.request(ExitReason::VcpuFailed {
-                        cpu: 0,
-                        what: e.to_string(),
-                    });
-                    barrier.wait();
-                    stop_vcpus(handles);
-                    return Err(e.into());
+                    started = Err(VmmError::from(e));
+                    break;
                 }
             }
         }
-        barrier.wait();
+        // This thread's filter goes on last, after the threads it starts and before the
+        // gate lets them into the guest.
+        if let (Ok(()), Some(f)) = (&started, &vmm_filter) {
+            started = seccomp::apply(f, Role::Vmm).map_err(VmmError::from);
+        }
+        if let Err(e) = started {
+            // Release the threads already waiting so they can see the stop.
+            self.exit.request(ExitReason::VcpuFailed {
+                cpu: 0,
+                what: e.to_string(),
+            });
+            gate.open();
+            stop_vcpus(handles);
+            return Err(e);
+        }
+        seccomp::self_test(Role::Vmm, vmm_filter.is_some());
+        gate.open();
 
         let mut loop_result = Ok(());
         while !self.exit.is_stopping() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use ember::exit::ExitReason;
+use ember::seccomp::Seccomp;
 use ember::timing::Timeline;
 use ember::vmm::{VmOutcome, VmSpec, Vmm};
 
@@ -45,7 +46,7 @@ fn boot_once() {
         console_in_is_tty: false,
         timeline: Arc::new(Timeline::new()),
         measure_guest_memory: false,
-        seccomp: true,
+        seccomp: Seccomp::VcpuThreads,
     };
     let run = Vmm::build(spec).expect("build").run().expect("run");
     assert_eq!(

@@ -1,5 +1,7 @@
-//! The vCPU threads' seccomp filter is live: a forbidden call from one stops ember with a
-//! message naming the call, by SIGSYS; `--no-seccomp` turns the filter off.
+//! The seccomp filters are live on every ember thread: a forbidden call from a vCPU thread or
+//! from the VMM thread stops ember with a message naming the thread and the call, by SIGSYS,
+//! before the guest runs; a panic on either thread exits with code 7; `--no-seccomp` turns the
+//! filters off. (`EMBER_SELF_TEST` is the fault-injection hook, see `ember::seccomp::self_test`.)
 
 mod common;
 
@@ -8,25 +10,26 @@ use std::process::Stdio;
 
 use common::*;
 
-/// Boots the tiny guest with the seccomp self-test asked for, plus `extra` arguments.
-fn self_test(extra: &[&str]) -> std::process::Output {
+/// Boots the tiny guest with `EMBER_SELF_TEST=test`, plus `extra` arguments.
+fn self_test(test: &str, extra: &[&str]) -> std::process::Output {
     ember()
         .args([
             "run",
             "--kernel",
             guest("hello64").to_str().unwrap(),
             "--no-initrd",
+            "--vcpus",
+            "2",
         ])
         .args(extra)
-        .env("EMBER_SECCOMP_SELF_TEST", "1")
+        .env("EMBER_SELF_TEST", test)
         .stdin(Stdio::null())
         .output()
         .unwrap()
 }
 
-#[test]
-fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
-    let o = self_test(&[]);
+fn assert_sigsys(test: &str, thread: &str) {
+    let o = self_test(test, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.signal(),
@@ -34,8 +37,9 @@ fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
         "{:?} {err}",
         o.status
     );
-    assert!(err.contains("forbidden system call 110 (getppid)"), "{err}");
-    // The guest never ran: the filter is installed before the first guest instruction.
+    let line = format!("ember: seccomp: {thread} made a forbidden system call 110 (getppid)");
+    assert!(err.contains(&line), "{err}");
+    // The guest never ran: the filters are installed before the first guest instruction.
     assert!(
         o.stdout.is_empty(),
         "{}",
@@ -44,13 +48,44 @@ fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
 }
 
 #[test]
-fn no_seccomp_turns_the_filter_off() {
-    let o = self_test(&["--no-seccomp"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("boot_params ok"));
+fn forbidden_syscall_in_a_vcpu_thread_dies_by_sigsys_with_its_name() {
+    assert_sigsys("seccomp-vcpu", "a vCPU thread");
+}
+
+#[test]
+fn forbidden_syscall_in_the_vmm_thread_dies_by_sigsys_with_its_name() {
+    assert_sigsys("seccomp-vmm", "the VMM thread");
+}
+
+#[test]
+fn a_panic_on_any_thread_exits_with_code_7_in_one_line() {
+    for (test, thread) in [
+        ("panic-vcpu", "a vCPU thread"),
+        ("panic-vmm", "the VMM thread"),
+    ] {
+        let o = self_test(test, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(7), "{test}: {:?} {err}", o.status);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{test}: {err}");
+        assert!(
+            lines[0].starts_with("ember: internal error (a bug, please report it)")
+                && lines[0].contains(&format!("a deliberate panic in {thread}")),
+            "{test}: {err}"
+        );
+    }
+}
+
+#[test]
+fn no_seccomp_turns_the_filters_off() {
+    for test in ["seccomp-vcpu", "seccomp-vmm"] {
+        let o = self_test(test, &["--no-seccomp"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{test}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("boot_params ok"));
+    }
 }

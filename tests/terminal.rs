@@ -1,0 +1,112 @@
+//! A terminal on stdin: ember puts it in raw mode, the Ctrl-A x escape stops the VM, and the
+//! terminal gets its settings back on every way out: a stop from the console, a panic on any
+//! thread, a seccomp kill. Each test runs ember on a fresh pseudo-terminal.
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A pseudo-terminal pair: (master, slave).
+fn pty() -> (std::fs::File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: two live ints for the fds; no name, termios or window size asked for.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two fresh fds that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// The terminal's local modes (ICANON, ECHO, ISIG: what raw mode clears).
+fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
+    // SAFETY: termios is plain data, filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a live terminal fd and a live termios.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+/// Starts ember on the terminal `slave` (stdin), stdout and stderr piped.
+fn spawn_on(slave: &OwnedFd, guest_name: &str, self_test: Option<&str>) -> Child {
+    let mut cmd = ember();
+    cmd.args([
+        "run",
+        "--kernel",
+        guest(guest_name).to_str().unwrap(),
+        "--no-initrd",
+    ])
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(t) = self_test {
+        cmd.env("EMBER_SELF_TEST", t);
+    }
+    cmd.spawn().expect("start ember")
+}
+
+#[test]
+fn ctrl_a_x_stops_the_vm_and_the_terminal_is_restored() {
+    let (mut master, slave) = pty();
+    let cooked = lflag(&slave);
+    assert_ne!(cooked & libc::ICANON, 0);
+    let child = spawn_on(&slave, "halt", None);
+    // Raw mode is how ember shows it is attached (a hang guard, not a timing assertion).
+    let start = Instant::now();
+    while lflag(&slave) & libc::ICANON != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ember never put the terminal in raw mode"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    master.write_all(b"\x01x").unwrap();
+    let o = wait(child, Duration::from_secs(30));
+    assert_eq!(o.code, Some(130), "{o:?}");
+    assert!(
+        o.stderr.contains("stopped from the console (Ctrl-A x)"),
+        "{o:?}"
+    );
+    assert_eq!(lflag(&slave), cooked, "terminal left in raw mode: {o:?}");
+}
+
+#[test]
+fn a_panic_or_a_seccomp_kill_restores_the_terminal() {
+    for test in ["panic-vmm", "panic-vcpu", "seccomp-vmm", "seccomp-vcpu"] {
+        let (_master, slave) = pty();
+        let cooked = lflag(&slave);
+        let o = wait(
+            spawn_on(&slave, "hello64", Some(test)),
+            Duration::from_secs(30),
+        );
+        assert!(
+            o.code != Some(0),
+            "{test}: the self-test did not fire: {o:?}"
+        );
+        assert!(
+            o.stderr.contains("internal error") || o.stderr.contains("ember: seccomp:"),
+            "{test}: {o:?}"
+        );
+        assert_eq!(
+            lflag(&slave),
+            cooked,
+            "{test}: terminal left in raw mode: {o:?}"
+        );
+    }
+}
