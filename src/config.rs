@@ -75,6 +75,16 @@ pub enum ConfigError {
     /// `--vcpus 0`.
     #[error("--vcpus 0: a VM needs at least one vCPU; pass --vcpus 1 or more")]
     NoVcpus,
+    /// More vCPUs than the host gives ember, without `--overcommit-vcpus`.
+    #[error(
+        "--vcpus {asked}: more than the {host} CPUs this host gives ember; pass at most --vcpus {host}, or add --overcommit-vcpus to let the vCPUs share CPUs"
+    )]
+    MoreVcpusThanCpus {
+        /// Asked.
+        asked: u32,
+        /// CPUs ember may run on.
+        host: u32,
+    },
     /// Memory too small.
     #[error(
         "--mem-mib {0}: below the minimum of {MIN_MEM_MIB} MiB; pass --mem-mib {MIN_MEM_MIB} or more"
@@ -138,6 +148,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Guest memory in MiB.
     pub mem_mib: u64,
+    /// Whether more vCPUs than host CPUs is what the user wants.
+    pub overcommit_vcpus: bool,
 }
 
 /// The default kernel: `$EMBER_KERNEL`, else `vmlinux` in ember's cache
@@ -211,11 +223,35 @@ fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// How many CPUs ember may run on (its affinity mask), if the kernel says.
+pub fn host_cpus() -> Option<u32> {
+    // SAFETY: cpu_set_t is plain data; zeroed is an empty set for the kernel to fill.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is the set's own.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: counts the bits of a set the kernel filled.
+    let count = unsafe { libc::CPU_COUNT(&set) };
+    u32::try_from(count).ok().filter(|&n| n > 0)
+}
+
 impl VmConfig {
     /// Validates everything that can be checked without KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
+        }
+        if let Some(host) = host_cpus()
+            && self.vcpus > host
+            && !self.overcommit_vcpus
+        {
+            return Err(ConfigError::MoreVcpusThanCpus {
+                asked: self.vcpus,
+                host,
+            });
         }
         if self.mem_mib < MIN_MEM_MIB {
             return Err(ConfigError::MemTooSmall(self.mem_mib));
@@ -264,7 +300,26 @@ mod tests {
             cmdline: DEFAULT_CMDLINE.into(),
             vcpus: 1,
             mem_mib: 128,
+            overcommit_vcpus: false,
         }
+    }
+
+    #[test]
+    fn more_vcpus_than_cpus_needs_the_overcommit_flag() {
+        let cpus = host_cpus().expect("sched_getaffinity");
+        let mut c = config();
+        c.vcpus = cpus;
+        c.validate().unwrap();
+        c.vcpus = cpus + 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("--vcpus {}", cpus + 1))
+                && e.contains(&format!("at most --vcpus {cpus}"))
+                && e.contains("--overcommit-vcpus"),
+            "{e}"
+        );
+        c.overcommit_vcpus = true;
+        c.validate().unwrap();
     }
 
     #[test]

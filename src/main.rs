@@ -114,6 +114,9 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_VCPUS)]
     vcpus: u32,
+    /// Allow more vCPUs than the CPUs this host gives ember (they then share CPUs).
+    #[arg(long)]
+    overcommit_vcpus: bool,
     /// Guest memory in MiB.
     #[arg(long, value_name = "M", default_value_t = config::DEFAULT_MEM_MIB)]
     mem_mib: u64,
@@ -313,6 +316,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         cmdline,
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
+        overcommit_vcpus: args.overcommit_vcpus,
     };
     cfg.validate()?;
     let initrd = build_initrd(&cfg)?;

@@ -170,6 +170,30 @@ fn bad_vcpu_counts() {
         BAD_INPUT,
         &["--vcpus 100000", "at most"],
     );
+    // Past KVM's own limit, overcommitting or not.
+    expect_error(
+        &[
+            "run",
+            "--kernel",
+            &tiny(),
+            "--vcpus",
+            "100000",
+            "--overcommit-vcpus",
+        ],
+        BAD_INPUT,
+        &["--vcpus 100000", "more than this host's KVM allows"],
+    );
+    let cpus = ember::config::host_cpus().expect("sched_getaffinity");
+    let asked = (cpus + 1).to_string();
+    expect_error(
+        &["run", "--kernel", &tiny(), "--vcpus", &asked],
+        BAD_INPUT,
+        &[
+            &format!("--vcpus {asked}"),
+            &format!("{cpus} CPUs this host gives ember"),
+            "--overcommit-vcpus",
+        ],
+    );
 }
 
 #[test]

@@ -94,7 +94,16 @@ fn project_kernel_as_far_as_the_host_allows() {
         HostFlavour::Hardware(_) => {
             // SMP and memory across the MMIO gap, seen from inside the guest.
             let o = run(
-                &["run", "--kernel", &k, "--vcpus", "4", "--mem-mib", "5120"],
+                &[
+                    "run",
+                    "--kernel",
+                    &k,
+                    "--vcpus",
+                    "4",
+                    "--overcommit-vcpus",
+                    "--mem-mib",
+                    "5120",
+                ],
                 Duration::from_secs(120),
             );
             assert_greeting(&o, 4);

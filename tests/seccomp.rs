@@ -20,6 +20,7 @@ fn self_test(test: &str, extra: &[&str]) -> std::process::Output {
             "--no-initrd",
             "--vcpus",
             "2",
+            "--overcommit-vcpus",
         ])
         .args(extra)
         .env("EMBER_SELF_TEST", test)

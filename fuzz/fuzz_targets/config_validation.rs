@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let mem_mib = u64::from(u32::from_le_bytes([data[4], data[5], data[6], data[7]]));
     let cmdline = String::from_utf8_lossy(&data[10..]).into_owned();
     let kernel = PathBuf::from(String::from_utf8_lossy(&data[8..10]).into_owned());
-    let c = VmConfig { kernel, initrd: InitrdChoice::None, cmdline, vcpus, mem_mib };
+    let overcommit_vcpus = data[8] & 1 == 1;
+    let c = VmConfig { kernel, initrd: InitrdChoice::None, cmdline, vcpus, mem_mib, overcommit_vcpus };
     if let Err(e) = c.validate() {
         // Every error is one line.
         assert!(!e.to_string().contains('\n'));
