@@ -177,6 +177,29 @@ fn large_guest_memory_is_mapped_lazily() {
 }
 
 #[test]
+fn a_guest_using_all_its_memory_costs_mem_mib_plus_the_overhead() {
+    // docs/security.md promises ember's own overhead stays under 16 MiB.
+    const OVERHEAD_BOUND: u64 = 16 << 20;
+    for mem_mib in [64u64, 256] {
+        let mem = mem_mib.to_string();
+        let o = run_guest("fill", &["--mem-mib", &mem, "--timings=json"]);
+        assert_eq!(o.code, Some(0), "{o:?}");
+        assert!(o.stdout.contains("fill: pages touched"), "{o:?}");
+        let json = &o.stderr[o.stderr.find('{').expect("timings JSON")..];
+        let v: serde_json::Value = serde_json::from_str(json).expect("timings JSON");
+        let touched = v["memory"]["guest_touched_bytes"].as_u64().unwrap();
+        let peak = v["memory"]["peak_rss_bytes"].as_u64().unwrap();
+        let size = mem_mib << 20;
+        // The guest really used (almost) all of it: all but the few reserved pages.
+        assert!(touched > size - (2 << 20), "touched {touched} of {size}");
+        assert!(
+            peak <= size + OVERHEAD_BOUND,
+            "peak RSS {peak} for a {mem_mib} MiB guest"
+        );
+    }
+}
+
+#[test]
 fn host_report_names_the_flavour() {
     let o = run(&["host"], Duration::from_secs(30));
     assert_eq!(o.code, Some(0), "{o:?}");
