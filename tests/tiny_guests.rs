@@ -80,29 +80,32 @@ fn triple_fault_stops_the_vm_cleanly() {
 }
 
 #[test]
-fn halted_guest_stops_on_sigterm_and_sigint() {
-    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
-        let mut child = spawn_piped(&[
-            "run",
-            "--kernel",
-            guest("halt").to_str().unwrap(),
-            "--no-initrd",
-        ]);
-        // Wait until the guest has said it halts.
-        let mut out = child.stdout.take().unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 64];
-        while !String::from_utf8_lossy(&seen).contains("halting") {
-            let n = std::io::Read::read(&mut out, &mut buf).unwrap();
-            assert!(n > 0, "ember ended before the guest halted");
-            seen.extend_from_slice(&buf[..n]);
+fn halted_or_spinning_guest_stops_on_sigterm_and_sigint() {
+    // `halt`: HLT with interrupts off; `spin`: a tight loop that never exits to ember.
+    for (name, says) in [("halt", "halting"), ("spin", "spinning")] {
+        for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+            let mut child = spawn_piped(&[
+                "run",
+                "--kernel",
+                guest(name).to_str().unwrap(),
+                "--no-initrd",
+            ]);
+            // Wait until the guest has said it halts or spins.
+            let mut out = child.stdout.take().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !String::from_utf8_lossy(&seen).contains(says) {
+                let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+                assert!(n > 0, "{name}: ember ended before the guest got there");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            let o = wait(child, Duration::from_secs(30));
+            assert_eq!(o.code, Some(code), "{name}: {o:?}");
+            assert!(o.stderr.contains("stopped by SIG"), "{name}: {o:?}");
+            assert_eq!(o.stderr.lines().count(), 1, "{name}: one line: {o:?}");
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let o = wait(child, Duration::from_secs(30));
-        assert_eq!(o.code, Some(code), "{o:?}");
-        assert!(o.stderr.contains("stopped by SIG"), "{o:?}");
-        assert_eq!(o.stderr.lines().count(), 1, "one line: {o:?}");
     }
 }
 
