@@ -223,19 +223,12 @@ fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// How many CPUs ember may run on (its affinity mask), if the kernel says.
+/// How many CPUs ember may run on (its affinity mask, and a cgroup CPU quota if any), if
+/// the host says.
 pub fn host_cpus() -> Option<u32> {
-    // SAFETY: cpu_set_t is plain data; zeroed is an empty set for the kernel to fill.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is this thread; the size is the set's own.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: counts the bits of a set the kernel filled.
-    let count = unsafe { libc::CPU_COUNT(&set) };
-    u32::try_from(count).ok().filter(|&n| n > 0)
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
 }
 
 impl VmConfig {

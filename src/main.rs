@@ -211,7 +211,11 @@ fn main() -> ExitCode {
         terminal::restore();
         // One line: a panic's message names its location on a line of its own.
         let info = config::one_line(&info.to_string());
-        eprintln!("ember: internal error (a bug, please report it): {info}");
+        // Not eprintln: a closed stderr must not panic inside the panic hook.
+        let _ = writeln!(
+            std::io::stderr(),
+            "ember: internal error (a bug, please report it): {info}"
+        );
         std::process::exit(i32::from(code::EMBER_PANIC));
     }));
     let cli = Cli::parse();
@@ -225,7 +229,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             // One line, whatever a path or an OS error carried.
-            eprintln!("ember: {}", config::one_line(&f.message));
+            let _ = writeln!(std::io::stderr(), "ember: {}", config::one_line(&f.message));
             ExitCode::from(f.code)
         }
     }
@@ -247,11 +251,15 @@ fn bench(args: BenchArgs) -> Result<u8, Failure> {
         },
         message: e.to_string(),
     })?;
-    print!("{}", results.table());
-    println!(
-        "results: {}/results.json, results.csv, plot.svg",
-        cfg.out.display()
-    );
+    // A closed stdout (`| head`) loses output; it must not panic.
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{}", results.table()).and_then(|_| {
+        writeln!(
+            out,
+            "results: {}/results.json, results.csv, plot.svg",
+            cfg.out.display()
+        )
+    });
     Ok(0)
 }
 
@@ -260,7 +268,7 @@ fn host() -> Result<u8, Failure> {
         code: code::NO_KVM,
         message: e.to_string(),
     })?;
-    print!("{report}");
+    let _ = write!(std::io::stdout(), "{report}");
     Ok(0)
 }
 
@@ -323,7 +331,8 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     timeline.mark(Phase::ConfigParsed);
     if linux_on_pvm {
         // One line, whatever the log level: the user must know why Linux crawls here.
-        eprint!(
+        let _ = write!(
+            std::io::stderr(),
             "ember: warning: /dev/kvm is PVM-based (no VMX/SVM): a Linux guest boots 100-1000x slower than on \
              hardware KVM, stops where the host cannot emulate it, and its userspace does not run (docs/hosts.md)\r\n"
         );
@@ -395,8 +404,13 @@ impl TimingsOutput {
 
     fn write(self, r: &Report) -> Result<(), Failure> {
         match self {
-            TimingsOutput::Table => eprint!("{}", r.table()),
-            TimingsOutput::JsonStderr => eprintln!("{}", r.json()),
+            // A closed stderr loses the report; it must not panic.
+            TimingsOutput::Table => {
+                let _ = write!(std::io::stderr(), "{}", r.table());
+            }
+            TimingsOutput::JsonStderr => {
+                let _ = writeln!(std::io::stderr(), "{}", r.json());
+            }
             TimingsOutput::JsonFile(path, mut file) => {
                 file.write_all(r.json().as_bytes())
                     .and_then(|_| file.write_all(b"\n"))

@@ -139,6 +139,31 @@ pub const COMMON_SYSCALLS: &[Allowed] = &[
     (libc::SYS_sched_yield, "sched_yield", "lock back-off"),
     (libc::SYS_exit, "exit", "thread exit"),
     (
+        libc::SYS_mprotect,
+        "mprotect",
+        "growing a thread's malloc heap (checked by argument: never PROT_EXEC)",
+    ),
+    (
+        libc::SYS_pause,
+        "pause",
+        "a thread that exits while another already is (Rust's exit guard) waits here",
+    ),
+    (
+        libc::SYS_getpid,
+        "getpid",
+        "naming the process to signal a thread (glibc's pthread_kill, abort)",
+    ),
+    (
+        libc::SYS_gettid,
+        "gettid",
+        "abort() signalling its own thread",
+    ),
+    (
+        libc::SYS_tgkill,
+        "tgkill",
+        "checked by argument: only to this process, only SIGABRT (abort()) and, on the VMM thread, the kick signal",
+    ),
+    (
         libc::SYS_exit_group,
         "exit_group",
         "process exit, also after a panic (exit code 7)",
@@ -157,16 +182,6 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         libc::SYS_read,
         "read",
         "console input from stdin, eventfds (exit, FIFO drained), the signalfd",
-    ),
-    (
-        libc::SYS_getpid,
-        "getpid",
-        "kicking vCPU threads (glibc's pthread_kill names the process)",
-    ),
-    (
-        libc::SYS_tgkill,
-        "tgkill",
-        "kicking vCPU threads out of KVM_RUN: only the kick signal (checked by argument)",
     ),
     (
         libc::SYS_clock_nanosleep,
@@ -230,13 +245,31 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
         ioctl_rules.push(SeccompRule::new(conds).map_err(err)?);
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // Signals only to threads of this very process: SIGABRT (abort() on its own thread) and,
+    // for the VMM thread, the kick that brings a vCPU out of KVM_RUN.
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    let mut signals = vec![libc::SIGABRT as u64];
     if role == Role::Vmm {
-        let kick = crate::vcpu::kick_signal() as u64;
-        rules.insert(
-            libc::SYS_tgkill,
-            vec![SeccompRule::new(vec![eq(2, kick)?]).map_err(err)?],
-        );
+        signals.push(crate::vcpu::kick_signal() as u64);
     }
+    let tgkill = signals
+        .into_iter()
+        .map(|sig| SeccompRule::new(vec![eq(0, pid)?, eq(2, sig)?]).map_err(err))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_tgkill, tgkill);
+    // Never executable memory: a thread may grow its heap, not make code.
+    let no_exec = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )
+    .map_err(err)?;
+    rules.insert(
+        libc::SYS_mprotect,
+        vec![SeccompRule::new(vec![no_exec]).map_err(err)?],
+    );
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -282,7 +315,8 @@ fn syscall_name(nr: i64) -> &'static str {
     match nr {
         // The calls checked by argument: the call is on the list, the arguments are not.
         libc::SYS_ioctl => "ioctl, a request not on the list",
-        libc::SYS_tgkill => "tgkill, a signal other than the kick",
+        libc::SYS_tgkill => "tgkill, to another process or with a signal not on the list",
+        libc::SYS_mprotect => "mprotect, asking for executable memory",
         libc::SYS_read => "read",
         libc::SYS_open => "open",
         libc::SYS_openat => "openat",
@@ -294,9 +328,7 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_clone => "clone",
         libc::SYS_clone3 => "clone3",
         libc::SYS_kill => "kill",
-        libc::SYS_getpid => "getpid",
         libc::SYS_getppid => "getppid",
-        libc::SYS_mprotect => "mprotect",
         libc::SYS_exit_group => "exit_group",
         libc::SYS_nanosleep => "nanosleep",
         libc::SYS_clock_nanosleep => "clock_nanosleep",
@@ -334,15 +366,30 @@ fn push(buf: &mut [u8; 256], len: &mut usize, s: &[u8]) {
     }
 }
 
+/// `si_code` of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: i32 = 1;
+
 extern "C" fn report_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SIGSYS's siginfo carries the system call number at byte 24 (after signo, errno, code,
-    // padding and the call address).
-    let nr = if info.is_null() {
-        -1
+    // A seccomp SIGSYS's siginfo carries si_code at byte 8 and the system call number at
+    // byte 24 (after signo, errno, code, padding and the call address).
+    let (code, nr) = if info.is_null() {
+        (0, -1)
     } else {
-        // SAFETY: the kernel passes a valid siginfo_t for SIGSYS; the field lies inside it.
-        unsafe { *((info as *const u8).add(24) as *const i32) }
+        // SAFETY: the kernel passes a valid siginfo_t; both fields lie inside it.
+        unsafe {
+            let base = info as *const u8;
+            (*(base.add(8) as *const i32), *(base.add(24) as *const i32))
+        }
     };
+    if code != SYS_SECCOMP {
+        // Sent from outside (kill -SYS): no report, the default action as if unhandled.
+        // SAFETY: signal(2) and raise(3) are async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGSYS, libc::SIG_DFL);
+            libc::raise(libc::SIGSYS);
+        }
+        return;
+    }
     let mut buf = [0u8; 256];
     let mut len = 0;
     // The role is a const-initialised thread-local Copy value: no allocation, no lock.
@@ -407,17 +454,19 @@ mod tests {
         }
     }
 
-    /// Forks a child that installs `role`'s filter and then runs `forbidden`; returns the
-    /// signal that ended the child, if any.
-    fn child_signal(role: Role, forbidden: fn()) -> Option<i32> {
-        let f = filter(role).unwrap();
-        // SAFETY: the child only installs a prebuilt filter, makes one system call and exits.
+    /// Forks a child that builds and installs `role`'s filter (so the filter knows the
+    /// child's pid) and then runs `call`; returns the signal that ended the child, if any.
+    fn child_signal(role: Role, call: impl Fn()) -> Option<i32> {
+        // SAFETY: the child builds a filter (glibc's malloc is fork-safe), installs it, makes
+        // the call and leaves with _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
             // No SIGSYS handler in the child: the trap's default action ends it.
-            if seccompiler::apply_filter(&f).is_ok() {
-                forbidden();
+            if let Ok(f) = filter(role)
+                && seccompiler::apply_filter(&f).is_ok()
+            {
+                call();
             }
             // SAFETY: leaving the child without running the parent's exit handlers.
             unsafe { libc::_exit(0) };
@@ -428,50 +477,120 @@ mod tests {
         libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status))
     }
 
-    #[test]
-    fn the_vmm_thread_cannot_make_kvm_ioctls_or_open_files() {
-        let create_vm = || {
-            // SAFETY: an ioctl on an arbitrary fd; the filter stops it before the kernel looks.
-            unsafe { libc::ioctl(3, 0xae01, 0) };
-        };
-        assert_eq!(child_signal(Role::Vmm, create_vm), Some(libc::SIGSYS));
+    /// Calls that must be refused to every ember thread; each is harmless if it got through.
+    fn refused_to_both(role: Role) {
         let open = || {
             // SAFETY: a NUL-terminated path.
             unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
         };
-        assert_eq!(child_signal(Role::Vmm, open), Some(libc::SIGSYS));
+        assert_eq!(
+            child_signal(role, open),
+            Some(libc::SIGSYS),
+            "{role:?} open"
+        );
+        let exec_memory = || {
+            let mut page = [0u8; 8192];
+            let addr = (page.as_mut_ptr() as usize + 4095) & !4095;
+            // SAFETY: a page inside the child's own stack buffer; the filter stops it first.
+            unsafe { libc::mprotect(addr as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+        };
+        assert_eq!(
+            child_signal(role, exec_memory),
+            Some(libc::SIGSYS),
+            "{role:?} PROT_EXEC"
+        );
+        // SIGABRT is allowed to this process only: aim it at a `sleep` of our own instead.
+        let mut victim = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other = victim.id() as libc::c_long;
+        let other_process = move || {
+            // SAFETY: signalling a sleep we started; the filter stops it first.
+            unsafe { libc::syscall(libc::SYS_tgkill, other, other, libc::SIGABRT) };
+        };
+        assert_eq!(
+            child_signal(role, other_process),
+            Some(libc::SIGSYS),
+            "{role:?} tgkill"
+        );
+        let _ = victim.kill();
+        let _ = victim.wait();
+        // abort() still dies by SIGABRT, not by a misleading seccomp report.
+        assert_eq!(
+            child_signal(role, || std::process::abort()),
+            Some(libc::SIGABRT)
+        );
+        assert_eq!(child_signal(role, || ()), None);
+    }
+
+    #[test]
+    fn the_vmm_thread_cannot_make_kvm_ioctls_or_open_files() {
+        refused_to_both(Role::Vmm);
+        let create_vm = || {
+            // SAFETY: an ioctl on a closed fd number; the filter stops it before the kernel.
+            unsafe { libc::ioctl(1000, 0xae01, 0) };
+        };
+        assert_eq!(child_signal(Role::Vmm, create_vm), Some(libc::SIGSYS));
         let other_signal = || {
-            // SAFETY: the filter stops it before the kernel looks.
-            unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, libc::SIGKILL) };
+            // SAFETY: signal 0 to ourselves only checks; the filter stops it first.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    0,
+                )
+            };
         };
         assert_eq!(child_signal(Role::Vmm, other_signal), Some(libc::SIGSYS));
-        assert_eq!(child_signal(Role::Vmm, || ()), None);
     }
 
     #[test]
     fn a_vcpu_thread_cannot_read_or_close() {
+        refused_to_both(Role::Vcpu);
         let read = || {
             let mut b = [0u8; 1];
-            // SAFETY: a live one-byte buffer.
-            unsafe { libc::read(0, b.as_mut_ptr().cast(), 1) };
+            // SAFETY: a live one-byte buffer; fd -1 fails at once if the filter lets it by.
+            unsafe { libc::read(-1, b.as_mut_ptr().cast(), 1) };
         };
         assert_eq!(child_signal(Role::Vcpu, read), Some(libc::SIGSYS));
         let close = || {
             // SAFETY: closing a number; the filter stops it first.
-            unsafe { libc::close(100) };
+            unsafe { libc::close(1000) };
         };
         assert_eq!(child_signal(Role::Vcpu, close), Some(libc::SIGSYS));
-        assert_eq!(child_signal(Role::Vcpu, || ()), None);
+    }
+
+    /// The backticked names in the first column of the table that follows `heading`.
+    fn table_names(doc: &str, heading: &str) -> Vec<String> {
+        let at = doc
+            .find(heading)
+            .unwrap_or_else(|| panic!("{heading} missing"));
+        let mut names = Vec::new();
+        let mut in_table = false;
+        for line in doc[at..].lines().skip(1) {
+            if let Some(row) = line.strip_prefix("| ") {
+                in_table = true;
+                let first = row.split(" |").next().unwrap_or("");
+                names.extend(first.split('`').skip(1).step_by(2).map(String::from));
+            } else if in_table {
+                break;
+            }
+        }
+        names.sort();
+        names
     }
 
     #[test]
-    fn docs_security_md_lists_every_allowed_call() {
+    fn docs_security_md_lists_exactly_the_allowed_calls() {
         let doc = include_str!("../docs/security.md");
-        for role in ROLES {
-            for &(_, name, _) in allowed(role) {
-                assert!(doc.contains(&format!("`{name}`")), "{role:?}: {name}");
-            }
-        }
+        let mut common: Vec<String> = COMMON_SYSCALLS.iter().map(|a| a.1.into()).collect();
+        common.sort();
+        assert_eq!(table_names(doc, "**Both filters**"), common);
+        let mut vmm: Vec<String> = VMM_SYSCALLS.iter().map(|a| a.1.into()).collect();
+        vmm.sort();
+        assert_eq!(table_names(doc, "**The VMM thread**"), vmm);
     }
 
     #[test]

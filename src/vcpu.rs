@@ -80,6 +80,11 @@ impl StartGate {
         self.opened.notify_all();
     }
 
+    /// Whether the gate has been opened.
+    pub fn is_open(&self) -> bool {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits until the gate is open.
     fn wait(&self) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());

@@ -328,6 +328,10 @@ impl Vmm {
             Seccomp::Off | Seccomp::VcpuThreads => None,
         };
         let gate = Arc::new(StartGate::default());
+        let _backstop = OpenOnLeave {
+            gate: gate.clone(),
+            exit: self.exit.clone(),
+        };
         let mut handles = Vec::with_capacity(self.vcpus.len());
         let mut started = Ok(());
         for vcpu in self.vcpus.drain(..) {
@@ -403,6 +407,25 @@ impl Vmm {
             outcome,
             guest_touched_bytes,
         })
+    }
+}
+
+/// Opens the start gate with a stop requested if `run` leaves without having opened it (a
+/// panic unwinding through a library caller): no vCPU thread waits at the gate forever.
+struct OpenOnLeave {
+    gate: Arc<StartGate>,
+    exit: Arc<ExitSignal>,
+}
+
+impl Drop for OpenOnLeave {
+    fn drop(&mut self) {
+        if !self.gate.is_open() {
+            self.exit.request(ExitReason::VcpuFailed {
+                cpu: 0,
+                what: "the VMM thread stopped before the guest started".into(),
+            });
+            self.gate.open();
+        }
     }
 }
 
