@@ -3,13 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use ember::exit::ExitReason;
 use ember::seccomp::Seccomp;
-use ember::timing::Timeline;
-use ember::vmm::{VmOutcome, VmSpec, Vmm};
+use ember::vmm::{VmOutcome, Vmm};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -35,19 +32,7 @@ fn rss_kib() -> u64 {
 }
 
 fn boot_once() {
-    let spec = VmSpec {
-        kernel: guest("hello64").display().to_string(),
-        initrd: None,
-        cmdline: ember::config::DEFAULT_CMDLINE.to_string(),
-        vcpus: 2,
-        mem_size: 64 << 20,
-        console_out: Box::new(std::io::sink()),
-        console_in: None,
-        console_in_is_tty: false,
-        timeline: Arc::new(Timeline::new()),
-        measure_guest_memory: false,
-        seccomp: Seccomp::VcpuThreads,
-    };
+    let spec = tiny_spec("hello64", Seccomp::VcpuThreads, false);
     let run = Vmm::build(spec).expect("build").run().expect("run");
     assert_eq!(
         run.outcome,

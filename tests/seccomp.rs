@@ -95,27 +95,12 @@ fn no_seccomp_turns_the_filters_off() {
 /// confined after `run` returns and then exits; the caller's thread stays free.
 #[test]
 fn library_runs_confined_on_a_thread_per_vm() {
-    use std::sync::Arc;
-
     use ember::seccomp::Seccomp;
-    use ember::timing::Timeline;
-    use ember::vmm::{VmOutcome, VmSpec, Vmm};
+    use ember::vmm::{VmOutcome, Vmm};
 
     for _ in 0..5 {
         let outcome = std::thread::spawn(|| {
-            let spec = VmSpec {
-                kernel: guest("fill").display().to_string(),
-                initrd: None,
-                cmdline: ember::config::DEFAULT_CMDLINE.to_string(),
-                vcpus: 2,
-                mem_size: 64 << 20,
-                console_out: Box::new(std::io::sink()),
-                console_in: None,
-                console_in_is_tty: false,
-                timeline: Arc::new(Timeline::new()),
-                measure_guest_memory: true,
-                seccomp: Seccomp::AllThreads,
-            };
+            let spec = tiny_spec("fill", Seccomp::AllThreads, true);
             let run = Vmm::build(spec).expect("build").run().expect("run");
             // Still confined here: allocation works. Pieces below glibc's mmap threshold grow
             // this thread's own malloc heap (mprotect); a big one is mapped and unmapped.

@@ -20,6 +20,27 @@ pub fn guest(name: &str) -> PathBuf {
     PathBuf::from(env!("EMBER_TEST_GUESTS")).join(name)
 }
 
+/// A library-level VM spec for tiny guest `name`: 2 vCPUs, 64 MiB, console to nowhere.
+pub fn tiny_spec(
+    name: &str,
+    seccomp: ember::seccomp::Seccomp,
+    measure_guest_memory: bool,
+) -> ember::vmm::VmSpec {
+    ember::vmm::VmSpec {
+        kernel: guest(name).display().to_string(),
+        initrd: None,
+        cmdline: ember::config::DEFAULT_CMDLINE.to_string(),
+        vcpus: 2,
+        mem_size: 64 << 20,
+        console_out: Box::new(std::io::sink()),
+        console_in: None,
+        console_in_is_tty: false,
+        timeline: std::sync::Arc::new(ember::timing::Timeline::new()),
+        measure_guest_memory,
+        seccomp,
+    }
+}
+
 /// What a finished ember run left behind.
 #[derive(Debug)]
 pub struct Outcome {
