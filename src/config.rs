@@ -237,7 +237,9 @@ impl VmConfig {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
         }
-        if let Some(host) = host_cpus()
+        // One vCPU always fits: skip the cgroup files available_parallelism reads.
+        if self.vcpus > 1
+            && let Some(host) = host_cpus()
             && self.vcpus > host
             && !self.overcommit_vcpus
         {
