@@ -46,10 +46,20 @@ fn mount_fs(fstype: &str, target: &str) {
     }
 }
 
-/// Writes a byte to an I/O port, if the port was made accessible.
+/// Writes a byte to an I/O port. When the kernel refuses the port (built without
+/// `CONFIG_X86_IOPL_IOPERM`, say), ember never hears of the boot or the status: say so on the
+/// console, once, rather than fail in silence.
 fn outb(port: u16, value: u8) {
-    // SAFETY: asks the kernel for access to one port; failure is reported, not fatal.
+    // SAFETY: asks the kernel for access to one port; failure is reported below.
     if unsafe { ioperm(u64::from(port), 1, 1) } != 0 {
+        let e = std::io::Error::last_os_error();
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "ember-init: ioperm({port:#x}) failed ({e}): ember cannot see the boot timer or the \
+                 program's exit status; build the guest kernel with CONFIG_X86_IOPL_IOPERM=y"
+            )
+        });
         return;
     }
     // SAFETY: ioperm granted access to this port; the write has no memory effects.
