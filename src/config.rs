@@ -21,13 +21,20 @@ pub const DEFAULT_CMDLINE: &str =
 /// kernel is told instead:
 /// - `noxsave`: no XSAVE/XRSTOR (the host does not emulate XRSTOR in guest kernel mode);
 /// - `clearcpuid=popcnt,smap`: no POPCNT in bitmap code, no CLAC/STAC in entry code;
+/// - `lapic=notscdeadline`: the LAPIC timer in one-shot mode; Intel PVM hosts never deliver a
+///   TSC-deadline timer interrupt, and the kernel waits for one forever in
+///   `clocksource_done_booting`;
 /// - `no_int3_selftest`, `no_fpu_drop_fwait`: the project kernel's two small patches
 ///   (kernels/patches/) skip the INT3 self-test and an FWAIT the host cannot emulate; other
 ///   kernels ignore them.
 ///
 /// All of them are also correct on hardware KVM, only slower, and ember never adds them there.
 pub const PVM_CMDLINE_EXTRA: &str =
-    "noxsave clearcpuid=popcnt,smap no_int3_selftest no_fpu_drop_fwait";
+    "noxsave clearcpuid=popcnt,smap lapic=notscdeadline no_int3_selftest no_fpu_drop_fwait";
+/// How long a Linux guest on a PVM host may run when no `--timeout` is given. Its userspace
+/// cannot run there, so it either panics (AMD hosts, about a minute in) or waits forever
+/// (Intel hosts, after `Run /init` at 100-165 s): docs/hosts.md.
+pub const PVM_LINUX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Default vCPU count (as Firecracker and QEMU).
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Default guest memory in MiB (as Firecracker).
@@ -54,6 +61,38 @@ pub fn one_line(text: &str) -> String {
             escaped
         })
         .collect()
+}
+
+/// Parses a duration: seconds (`90`), or a number with `ms`, `s`, `m` or `h` (`500ms`, `5m`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "{text:?} is not a duration: use seconds (90), or a number with ms, s, m or h (500ms, 90s, 5m)"
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(std::time::Duration::from_millis).ok_or_else(bad)
+}
+
+/// A duration as messages show it: `300 s`, `1.5 s`, `250 ms`.
+pub fn show_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 /// Errors in the configuration.
@@ -353,6 +392,24 @@ mod tests {
         let mut c = config();
         c.kernel = PathBuf::from("/");
         assert!(c.validate().unwrap_err().to_string().contains("directory"));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1", "1.5s", "5x", "99999999999999999999h"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("not a duration"), "{bad}: {e}");
+        }
+        assert_eq!(show_duration(Duration::from_secs(300)), "300 s");
+        assert_eq!(show_duration(Duration::from_millis(250)), "250 ms");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1.5 s");
     }
 
     #[test]

@@ -16,10 +16,13 @@ pub enum ExitReason {
     Reset,
     /// The guest asked to power off (KVM system event).
     PowerOff,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN, or its PVM form).
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN, or its PVM form): a crash, not a reboot,
+    /// since ember's guests reboot through the i8042 (`reboot=k`).
     TripleFault {
         /// The vCPU.
         cpu: u32,
+        /// Its instruction pointer when it stopped, if it could be read.
+        rip: Option<u64>,
     },
     /// KVM could not run guest code (KVM_EXIT_INTERNAL_ERROR).
     InternalError {
@@ -41,6 +44,54 @@ pub enum ExitReason {
     Signal(i32),
     /// The user typed the console escape (Ctrl-A x).
     Escape,
+    /// The guest was still running when `--timeout` expired.
+    Timeout(std::time::Duration),
+}
+
+/// How a VM run ended: what ember's exit code is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest rebooted or powered off; `status` is what its init reported for the `--exec`
+    /// workload, if it did.
+    Stopped {
+        /// The reason.
+        reason: ExitReason,
+        /// The workload's status.
+        status: Option<u8>,
+    },
+    /// The guest kernel panicked (seen on the console before it reset).
+    GuestPanic(String),
+    /// A vCPU triple-faulted: the guest crashed without a word.
+    TripleFault {
+        /// The vCPU.
+        cpu: u32,
+        /// Where, if known.
+        rip: Option<u64>,
+    },
+    /// KVM_EXIT_INTERNAL_ERROR or another exit the vCPU cannot continue from.
+    Failed(ExitReason),
+    /// A host signal, the console escape or `--timeout` stopped the VM.
+    Interrupted(ExitReason),
+}
+
+/// What a run's first stop reason, a panic line seen on the console and the workload status
+/// the guest reported add up to. A panic explains the reset (or the fault) that follows it.
+pub fn classify(reason: ExitReason, panic: Option<String>, status: Option<u8>) -> VmOutcome {
+    match (reason, panic) {
+        (ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. }, Some(msg)) => {
+            VmOutcome::GuestPanic(msg)
+        }
+        (ExitReason::TripleFault { cpu, rip }, None) => VmOutcome::TripleFault { cpu, rip },
+        (reason @ (ExitReason::Reset | ExitReason::PowerOff), None) => {
+            VmOutcome::Stopped { reason, status }
+        }
+        (reason @ (ExitReason::Signal(_) | ExitReason::Escape | ExitReason::Timeout(_)), _) => {
+            VmOutcome::Interrupted(reason)
+        }
+        (reason @ (ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. }), _) => {
+            VmOutcome::Failed(reason)
+        }
+    }
 }
 
 /// Shared between the devices, the vCPU threads and the event loop.
@@ -123,6 +174,42 @@ mod tests {
         assert!(s.is_stopping());
         assert_eq!(s.reason(), Some(ExitReason::Reset));
         assert_eq!(s.eventfd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn outcomes() {
+        let tf = ExitReason::TripleFault {
+            cpu: 1,
+            rip: Some(0x1000),
+        };
+        assert_eq!(
+            classify(tf.clone(), None, None),
+            VmOutcome::TripleFault {
+                cpu: 1,
+                rip: Some(0x1000)
+            }
+        );
+        assert_eq!(
+            classify(tf, Some("oops".into()), None),
+            VmOutcome::GuestPanic("oops".into())
+        );
+        assert_eq!(
+            classify(ExitReason::Reset, None, Some(3)),
+            VmOutcome::Stopped {
+                reason: ExitReason::Reset,
+                status: Some(3)
+            }
+        );
+        let t = ExitReason::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(
+            classify(t.clone(), Some("late".into()), None),
+            VmOutcome::Interrupted(t)
+        );
+        let e = ExitReason::VcpuFailed {
+            cpu: 0,
+            what: "x".into(),
+        };
+        assert_eq!(classify(e.clone(), None, None), VmOutcome::Failed(e));
     }
 
     #[test]

@@ -39,6 +39,10 @@ mod code {
     pub const EMBER_PANIC: u8 = 7;
     /// `--exec`: the guest stopped without reporting the program's status.
     pub const NO_STATUS: u8 = 8;
+    /// A vCPU triple-faulted: the guest crashed (its reboots go through the i8042 instead).
+    pub const TRIPLE_FAULT: u8 = 9;
+    /// `--timeout` expired with the guest still running.
+    pub const TIMEOUT: u8 = 10;
     /// Stopped by a signal: 128 + the signal number (130 SIGINT, 143 SIGTERM); the console
     /// escape Ctrl-A x counts as SIGINT.
     pub const SIGNAL_BASE: u8 = 128;
@@ -127,6 +131,10 @@ struct RunArgs {
     /// JSON on stderr (`--timings=json`) or JSON into a file (`--timings=FILE`).
     #[arg(long, value_name = "json|FILE", num_args = 0..=1, require_equals = true, default_missing_value = "table")]
     timings: Option<String>,
+    /// Stop the guest if it is still running after this long (90, 90s, 500ms, 5m, 1h; 0: never).
+    /// Default: none, except for a Linux guest on a PVM-based /dev/kvm (see `ember host`).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    timeout: Option<std::time::Duration>,
     /// Run without seccomp filters (vCPU threads and the VMM thread). Unsafe: it leaves the
     /// threads that handle guest-controlled input unconfined; for debugging ember only.
     #[arg(long)]
@@ -218,7 +226,27 @@ fn main() -> ExitCode {
         );
         std::process::exit(i32::from(code::EMBER_PANIC));
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other ember error: clap's first line names the flag and
+            // the value; its usage block would only push that off the screen.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let _ = writeln!(
+                std::io::stderr(),
+                "ember: {}; see ember --help",
+                config::one_line(first)
+            );
+            return ExitCode::from(code::BAD_INPUT);
+        }
+    };
     let result = match cli.command {
         Command::Host => host(),
         Command::Bench(args) => bench(args),
@@ -327,6 +355,12 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         overcommit_vcpus: args.overcommit_vcpus,
     };
     cfg.validate()?;
+    // A Linux guest on a PVM host cannot finish (its userspace never runs): bound the run.
+    let timeout = match args.timeout {
+        Some(t) => (!t.is_zero()).then_some(t),
+        None if linux_on_pvm => Some(config::PVM_LINUX_TIMEOUT),
+        None => None,
+    };
     let initrd = build_initrd(&cfg)?;
     timeline.mark(Phase::ConfigParsed);
     if linux_on_pvm {
@@ -350,6 +384,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
         console_in_is_tty: is_tty,
         timeline: timeline.clone(),
         measure_guest_memory: timings.is_some(),
+        timeout,
         seccomp: if args.no_seccomp {
             Seccomp::Off
         } else {
@@ -363,7 +398,7 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
     let run = run?;
     timeline.mark(Phase::VmTornDown);
     let _ = std::io::stdout().flush();
-    let code = exit_code(&run.outcome, &cfg, flavour);
+    let code = exit_code(&run.outcome, &cfg, flavour, args.timeout.is_none());
     if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
@@ -469,26 +504,35 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-fn exit_code(outcome: &VmOutcome, cfg: &VmConfig, flavour: HostFlavour) -> Result<u8, Failure> {
+fn exit_code(
+    outcome: &VmOutcome,
+    cfg: &VmConfig,
+    flavour: HostFlavour,
+    default_timeout: bool,
+) -> Result<u8, Failure> {
     let fail = |code, message: String| Err(Failure { code, message });
     match outcome {
-        VmOutcome::Stopped { reason, status } => {
-            if let ExitReason::TripleFault { cpu } = reason {
-                log::info!("vCPU {cpu} triple-faulted; treated as a reset");
-            }
-            match (&cfg.initrd, status) {
-                (InitrdChoice::Exec { .. }, Some(s)) => Ok(*s),
-                (InitrdChoice::Exec { program, .. }, None) => fail(
-                    code::NO_STATUS,
-                    format!(
-                        "the guest stopped before {} reported its exit status (see the console output above)",
-                        program.display()
-                    ),
+        VmOutcome::Stopped { status, .. } => match (&cfg.initrd, status) {
+            (InitrdChoice::Exec { .. }, Some(s)) => Ok(*s),
+            (InitrdChoice::Exec { program, .. }, None) => fail(
+                code::NO_STATUS,
+                format!(
+                    "the guest stopped before {} reported its exit status (see the console output above)",
+                    program.display()
                 ),
-                _ => Ok(0),
-            }
-        }
+            ),
+            _ => Ok(0),
+        },
         VmOutcome::GuestPanic(msg) => fail(code::GUEST_PANIC, format!("guest kernel panic: {msg}")),
+        VmOutcome::TripleFault { cpu, rip } => {
+            let at = rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
+            fail(
+                code::TRIPLE_FAULT,
+                format!(
+                    "vCPU {cpu} triple-faulted{at}: the guest crashed (a fault while handling a fault); the console output above may say why"
+                ),
+            )
+        }
         VmOutcome::Failed(ExitReason::InternalError { cpu, suberror, rip }) => {
             let at = rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
             let hint = if flavour == HostFlavour::Pvm {
@@ -511,6 +555,21 @@ fn exit_code(outcome: &VmOutcome, cfg: &VmConfig, flavour: HostFlavour) -> Resul
             code::SIGNAL_BASE + *sig as u8,
             format!("stopped by {}; the VM was shut down", signal_name(*sig)),
         ),
+        VmOutcome::Interrupted(ExitReason::Timeout(after)) => {
+            let why = if default_timeout {
+                " (the default for a Linux guest on a PVM-based /dev/kvm, where its userspace \
+                 cannot run: docs/hosts.md; --timeout 0 waits forever)"
+            } else {
+                ""
+            };
+            fail(
+                code::TIMEOUT,
+                format!(
+                    "the guest was still running after {} (--timeout{why}); the VM was shut down",
+                    config::show_duration(*after)
+                ),
+            )
+        }
         VmOutcome::Interrupted(_) => fail(
             code::SIGNAL_BASE + libc::SIGINT as u8,
             "stopped from the console (Ctrl-A x)".into(),

@@ -222,7 +222,14 @@ impl Vcpu {
                 // With the in-kernel LAPIC a halted vCPU sleeps in KVM; an exit here is only
                 // a notification, and the guest is resumed.
                 Ok(VcpuExit::Hlt) => None,
-                Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault { cpu: id }),
+                Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault {
+                    cpu: id,
+                    rip: self.fd.get_regs().ok().map(|r| r.rip).filter(|&rip| {
+                        // AMD's KVM resets the vCPU before reporting the shutdown: the reset
+                        // vector says nothing about where the guest was.
+                        rip != RESET_VECTOR_IP
+                    }),
+                }),
                 Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
                     KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
@@ -267,7 +274,7 @@ impl Vcpu {
         let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
         let rip = self.fd.get_regs().ok().map(|r| r.rip);
         if suberror != KVM_INTERNAL_ERROR_EMULATION && is_triple_fault_suberror(suberror) {
-            return ExitReason::TripleFault { cpu: self.id };
+            return ExitReason::TripleFault { cpu: self.id, rip };
         }
         ExitReason::InternalError {
             cpu: self.id,
@@ -307,6 +314,9 @@ fn log_cpuid_overrides(fd: &VcpuFd, wanted: &CpuId) {
         }
     }
 }
+
+/// The instruction pointer of a vCPU fresh from reset (CS base 0xffff0000).
+const RESET_VECTOR_IP: u64 = 0xfff0;
 
 /// Suberrors that mean the guest faulted while delivering a fault (a triple fault in the
 /// making): KVM_INTERNAL_ERROR_SIMUL_EX (2) and KVM_INTERNAL_ERROR_DELIVERY_EV (3).

@@ -15,16 +15,19 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::arch::x86_64::boot::{self, BootError, EntryPoint, LoadedKernel};
-use crate::arch::x86_64::{layout, mptable};
+use crate::arch::x86_64::{acpi, layout, mptable};
 use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
 use crate::devices::bus::{Bus, BusError, lock};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
 };
-use crate::exit::{ExitReason, ExitSignal, ExitSignalError};
+pub use crate::exit::VmOutcome;
+use crate::exit::{ExitReason, ExitSignal, ExitSignalError, classify};
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, MemoryError};
 use crate::seccomp::{self, Role, Seccomp, SeccompError};
@@ -51,6 +54,9 @@ pub enum VmmError {
     /// The MP table failed.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// A vCPU failed to set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -122,6 +128,8 @@ pub struct VmSpec {
     pub timeline: Arc<Timeline>,
     /// Whether to count the guest's resident memory when it stops (for `--timings`).
     pub measure_guest_memory: bool,
+    /// Stop the guest if it still runs this long after it started.
+    pub timeout: Option<Duration>,
     /// Which threads run under a seccomp filter. With [`Seccomp::AllThreads`] the thread that
     /// calls [`Vmm::run`] stays confined after it returns.
     pub seccomp: Seccomp,
@@ -136,25 +144,6 @@ pub struct VmRun {
     pub guest_touched_bytes: u64,
 }
 
-/// How a VM run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmOutcome {
-    /// The guest rebooted, powered off or triple-faulted; `status` is what its init reported
-    /// for the `--exec` workload, if it did.
-    Stopped {
-        /// The reason.
-        reason: ExitReason,
-        /// The workload's status.
-        status: Option<u8>,
-    },
-    /// The guest kernel panicked (seen on the console before it reset).
-    GuestPanic(String),
-    /// KVM_EXIT_INTERNAL_ERROR or another exit the vCPU cannot continue from.
-    Failed(ExitReason),
-    /// A host signal or the console escape stopped the VM.
-    Interrupted(ExitReason),
-}
-
 /// A built VM, ready to run.
 pub struct Vmm {
     // Field order is drop order: vCPU fds before the VM, the VM before the memory it maps.
@@ -163,6 +152,7 @@ pub struct Vmm {
     _kvm: Kvm,
     mem: GuestMemoryMmap,
     measure_guest_memory: bool,
+    timeout: Option<Duration>,
     seccomp: Seccomp,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
@@ -227,6 +217,11 @@ impl Vmm {
             I8042_PORT_LEN,
         )?;
         pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(Power::new(exit.clone()))),
+            POWER_PORT,
+            POWER_PORT_LEN,
+        )?;
         let mut mmio = Bus::new();
         mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
 
@@ -247,8 +242,22 @@ impl Vmm {
             None => None,
         };
         boot::write_cmdline(&mem, &spec.cmdline)?;
+        // Both CPU descriptions: the MP table for kernels without ACPI (the project's), ACPI
+        // for those that have it and may lack MP-table support (Debian's cloud kernel).
         mptable::write(&mem, spec.vcpus)?;
-        boot::write_boot_params(&mem, spec.mem_size, &kernel, spec.cmdline.len(), initrd)?;
+        let com1 = acpi::AcpiDevice::Serial {
+            port: COM1_PORT as u16,
+            irq: COM1_IRQ,
+        };
+        let rsdp = acpi::write(&mem, spec.vcpus, &[com1])?;
+        boot::write_boot_params(
+            &mem,
+            spec.mem_size,
+            &kernel,
+            spec.cmdline.len(),
+            initrd,
+            rsdp,
+        )?;
         timeline.mark(Phase::KernelLoaded);
 
         // Step 7: vCPUs.
@@ -276,6 +285,7 @@ impl Vmm {
             _kvm: kvm,
             mem,
             measure_guest_memory: spec.measure_guest_memory,
+            timeout: spec.timeout,
             seccomp: spec.seccomp,
             exit,
             console,
@@ -302,6 +312,19 @@ impl Vmm {
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
 
+        // Armed now, before this thread's filter (timerfd_create and settime are not in it).
+        let deadline = match self.timeout {
+            Some(after) => {
+                let timer_err = |e: vmm_sys_util::errno::Error| VmmError::Host {
+                    what: "the --timeout timerfd",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                };
+                let mut t = TimerFd::new().map_err(timer_err)?;
+                t.reset(after, None).map_err(timer_err)?;
+                Some((t, after))
+            }
+            None => None,
+        };
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(VmmError::EventLoop)?;
         let controller = Arc::new(Mutex::new(Controller {
@@ -309,6 +332,7 @@ impl Vmm {
             serial: self.serial.clone(),
             fifo_drained: self.fifo_drained.try_clone().map_err(host_err("eventfd"))?,
             signals,
+            deadline,
             console_in: self.console_in,
             input_state: InputState::Reading,
             escape_armed: false,
@@ -386,23 +410,12 @@ impl Vmm {
         } else {
             0
         };
-        let reason = self.exit.reason().unwrap_or(ExitReason::Reset);
         let panic = lock(&self.console).panic.clone();
-        let outcome = match reason {
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::TripleFault { .. } => {
-                match panic {
-                    Some(msg) => VmOutcome::GuestPanic(msg),
-                    None => VmOutcome::Stopped {
-                        reason,
-                        status: self.exit.guest_status(),
-                    },
-                }
-            }
-            ExitReason::Signal(_) | ExitReason::Escape => VmOutcome::Interrupted(reason),
-            ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. } => {
-                VmOutcome::Failed(reason)
-            }
-        };
+        let outcome = classify(
+            self.exit.reason().unwrap_or(ExitReason::Reset),
+            panic,
+            self.exit.guest_status(),
+        );
         Ok(VmRun {
             outcome,
             guest_touched_bytes,
@@ -519,6 +532,8 @@ struct Controller {
     serial: Arc<Mutex<SerialDevice>>,
     fifo_drained: EventFd,
     signals: SignalFd,
+    /// `--timeout`: fires once, with the limit it was armed with.
+    deadline: Option<(TimerFd, Duration)>,
     console_in: Option<RawFd>,
     input_state: InputState,
     escape_armed: bool,
@@ -596,6 +611,11 @@ impl MutEventSubscriber for Controller {
             while let Some(sig) = self.signals.read() {
                 self.exit.request(ExitReason::Signal(sig));
             }
+        } else if let Some((timer, after)) = &mut self.deadline
+            && fd == timer.as_raw_fd()
+        {
+            let _ = timer.wait();
+            self.exit.request(ExitReason::Timeout(*after));
         } else if fd == self.fifo_drained.as_raw_fd() {
             let _ = self.fifo_drained.read();
             if let (InputState::Paused, Some(input)) = (self.input_state, self.console_in)
@@ -620,6 +640,9 @@ impl MutEventSubscriber for Controller {
         let _ = ops.add(Events::new(self.exit.eventfd(), EventSet::IN));
         let _ = ops.add(Events::new(&self.signals.fd, EventSet::IN));
         let _ = ops.add(Events::new(&self.fifo_drained, EventSet::IN));
+        if let Some((timer, _)) = &self.deadline {
+            let _ = ops.add(Events::new(timer, EventSet::IN));
+        }
         if let Some(input) = self.console_in {
             // A stdin that cannot be polled (/dev/null, a regular file) gives no input.
             if ops.add(Events::new_raw(input, EventSet::IN)).is_err() {

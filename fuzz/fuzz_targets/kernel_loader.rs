@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(mut f) = std::fs::File::open(&path) else { return };
         if let Ok(k) = boot::load_kernel(&m.0, m.1, "fuzz", &mut f) {
             let rd = boot::load_initrd(&m.0, m.1, &k, "fuzz", data).ok();
-            let _ = boot::write_boot_params(&m.0, m.1, &k, 16, rd);
+            let _ = boot::write_boot_params(&m.0, m.1, &k, 16, rd, 0xe_0000);
         }
         if let Ok(mut f) = std::fs::File::open(&path) {
             let _ = boot::looks_like_linux(&mut f);

@@ -3,4 +3,5 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
+pub mod power;
 pub mod serial;

@@ -358,13 +358,14 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootErr
 }
 
 /// Writes the boot parameters the entry point expects: `boot_params` for the 64-bit protocol,
-/// `hvm_start_info` for PVH.
+/// `hvm_start_info` for PVH. Both carry the ACPI RSDP's address.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<LoadedInitrd>,
+    rsdp: u64,
 ) -> Result<(), BootError> {
     let e820 = e820_map(mem_size);
     match kernel.entry {
@@ -380,6 +381,7 @@ pub fn write_boot_params(
             params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
             params.hdr.loadflags |= LOADED_HIGH;
             params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
+            params.acpi_rsdp_addr = rsdp;
             params.hdr.cmdline_size = cmdline_len as u32 + 1;
             if let Some(rd) = initrd {
                 params.hdr.ramdisk_image = rd.addr as u32;
@@ -405,6 +407,7 @@ pub fn write_boot_params(
                 cmdline_paddr: layout::CMDLINE_START,
                 memmap_paddr: layout::PVH_MEMMAP_START,
                 memmap_entries: e820.len() as u32,
+                rsdp_paddr: rsdp,
                 ..Default::default()
             };
             let memmap: Vec<hvm_memmap_table_entry> = e820
@@ -602,7 +605,7 @@ mod fuzz_smoke {
             if let Ok(k) = load_kernel(&mem, mem_size, "fuzz", &mut f) {
                 // Whatever loaded must also take boot parameters without panicking.
                 let rd = load_initrd(&mem, mem_size, &k, "fuzz-initrd", &img).ok();
-                let _ = write_boot_params(&mem, mem_size, &k, 10, rd);
+                let _ = write_boot_params(&mem, mem_size, &k, 10, rd, layout::ACPI_START);
             }
             let mut f = File::open(&path).unwrap();
             let _ = looks_like_linux(&mut f);

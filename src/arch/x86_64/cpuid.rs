@@ -1,5 +1,8 @@
-//! The CPUID each vCPU sees: KVM's supported set, normalised per vCPU (APIC id, topology,
-//! hypervisor bit).
+//! The CPUID each vCPU sees: KVM's supported set (KVM_GET_SUPPORTED_CPUID), normalised per
+//! vCPU (APIC id, topology, hypervisor bit) and to the CPU's reset state: the bits that mirror
+//! control registers (OSXSAVE, OSPKE) clear, and the XSAVE area sizes those of XCR0 = x87|SSE.
+//! KVM recomputes these as the guest changes CR4 and XCR0, from the same supported set, so
+//! what the guest reads stays consistent with what KVM allows.
 //!
 //! There is no feature-hiding template: on the PVM hosts it was meant for, KVM replaces
 //! leaves 1, 7 and 0xd after KVM_SET_CPUID2, so hiding features there has to go through the
@@ -16,6 +19,14 @@ fn bits_for(n: u32) -> u32 {
     }
 }
 
+/// Leaf 1 ECX bit 27: OSXSAVE, a copy of CR4.OSXSAVE (clear at reset).
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// Leaf 7.0 ECX bit 4: OSPKE, a copy of CR4.PKE (clear at reset).
+const LEAF7_ECX_OSPKE: u32 = 1 << 4;
+/// Size of the legacy XSAVE area plus its header: what XCR0 = x87|SSE (the reset value, with
+/// IA32_XSS = 0) needs, in both the standard and the compacted format.
+const XSAVE_LEGACY_SIZE: u32 = 512 + 64;
+
 /// Adjusts one CPUID entry for vCPU `cpu_id` of `cpu_count`.
 fn normalise_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
     let apic_id = cpu_id;
@@ -25,6 +36,7 @@ fn normalise_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
             e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((cpu_count & 0xff) << 16);
             // ECX bit 31: running under a hypervisor.
             e.ecx |= 1 << 31;
+            e.ecx &= !LEAF1_ECX_OSXSAVE;
             // EDX bit 28 (HTT): the package has more than one logical processor.
             if cpu_count > 1 {
                 e.edx |= 1 << 28;
@@ -44,6 +56,11 @@ fn normalise_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
             };
             e.eax = (e.eax & 0x3ff) | (sharing << 14) | (cores_minus_1 << 26);
         }
+        0x7 if e.index == 0 => e.ecx &= !LEAF7_ECX_OSPKE,
+        // EBX of sub-leaves 0 and 1: the XSAVE area size for the features enabled now (XCR0,
+        // and XCR0 | IA32_XSS), which at reset are x87 and SSE only. ECX of sub-leaf 0 (the
+        // size for everything KVM allows) stays as KVM reported it.
+        0xd if e.index <= 1 => e.ebx = XSAVE_LEGACY_SIZE,
         0xb | 0x1f => {
             // Extended topology: level 0 = SMT (one thread per core), level 1 = core.
             e.edx = apic_id;
@@ -108,6 +125,26 @@ mod tests {
         let mut one = entry(1, 0);
         normalise_entry(&mut one, 0, 1);
         assert_eq!(one.edx & (1 << 28), 0);
+    }
+
+    #[test]
+    fn control_register_mirrors_and_xsave_sizes_start_at_reset() {
+        let mut l1 = entry(1, 0);
+        normalise_entry(&mut l1, 0, 1);
+        assert_eq!(l1.ecx & LEAF1_ECX_OSXSAVE, 0);
+        let mut l7 = entry(7, 0);
+        normalise_entry(&mut l7, 0, 1);
+        assert_eq!(l7.ecx, !LEAF7_ECX_OSPKE);
+        assert_eq!(l7.ebx, 0xffff_ffff);
+        for index in [0, 1] {
+            let mut d = entry(0xd, index);
+            normalise_entry(&mut d, 0, 1);
+            assert_eq!((d.eax, d.ebx, d.ecx), (0xffff_ffff, 576, 0xffff_ffff));
+        }
+        // Per-component sub-leaves (offset and size of each state) are KVM's.
+        let mut avx = entry(0xd, 2);
+        normalise_entry(&mut avx, 0, 1);
+        assert_eq!(avx.ebx, 0xffff_ffff);
     }
 
     #[test]

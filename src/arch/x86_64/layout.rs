@@ -34,6 +34,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Start of the MP floating pointer and configuration table.
 pub const MPTABLE_START: u64 = EBDA_START;
+/// ACPI tables, RSDP first: in the BIOS area, where a kernel scanning for the RSDP looks.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End of the ACPI table area.
+pub const ACPI_END: u64 = HIMEM_START;
 /// Start of high memory: kernels are loaded at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: no RAM between here and 4 GiB.
@@ -42,6 +46,12 @@ pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Firecracker's boot-timer MMIO byte: the first address of the gap.
 pub const BOOT_TIMER_MMIO: u64 = MMIO_GAP_START;
+/// I/O port of ember's ACPI sleep-control (and sleep-status) register (FADT).
+pub const POWER_SLEEP_PORT: u64 = 0x600;
+/// I/O port of ember's ACPI reset register (FADT).
+pub const POWER_RESET_PORT: u64 = 0x601;
+/// The value the FADT tells the kernel to write to the reset register.
+pub const POWER_RESET_VALUE: u8 = 1;
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
@@ -53,6 +63,7 @@ const _: () = assert!(PVH_MEMMAP_START >= PVH_INFO_START + 0x38);
 const _: () = assert!(PD_START + PD_MAX * 0x1000 <= CMDLINE_START);
 const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
 const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+const _: () = assert!(ACPI_START > MPTABLE_START && ACPI_END <= HIMEM_START);
 
 /// The RAM ranges (start, length) for `mem_size` bytes of guest memory, split around the
 /// MMIO gap.

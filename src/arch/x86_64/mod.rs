@@ -1,5 +1,6 @@
 //! x86_64: guest layout, boot protocols and per-vCPU CPU state.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod interrupts;
