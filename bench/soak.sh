@@ -32,6 +32,9 @@ else
   boot_args=(--kernel "$guest" --no-initrd)
   expect="boot_params ok"
 fi
+# Every ember this script starts carries this mark, so only they are counted at the end (other
+# embers may run on the host, the test suite's among them).
+export EMBER_SOAK_ID=$$
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 avail() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
@@ -65,7 +68,13 @@ for i in $(seq 1 "$par_n"); do
 done
 echo "parallel: $((par_n - pfail))/$par_n ok in $(echo "$t1 - $t0" | bc) s"
 
-left=$(pgrep -f "$ember run" | wc -l)
+left=0
+ember_exe=$(readlink -f "$ember")
+for env in /proc/[0-9]*/environ; do
+  pid=${env#/proc/}; pid=${pid%/environ}
+  [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$ember_exe" ] || continue
+  grep -qsz "^EMBER_SOAK_ID=$$\$" "$env" && left=$((left + 1))
+done
 echo "ember processes left: $left"
 sleep 1
 mem1=$(avail)

@@ -1,4 +1,4 @@
-//! A short run of bench/soak.sh: sequential and concurrent boots all end well, nothing is
+//! A short run of bench/soak.sh (the Linux soak is in tests/linux/soak.rs): sequential and concurrent boots all end well, nothing is
 //! left running, the host gets its memory back. (Its own test binary: it counts processes.)
 
 mod common;
@@ -23,38 +23,5 @@ fn soak_smoke() {
     assert!(o.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("sequential: 20/20 ok"), "{stdout}");
     assert!(stdout.contains("parallel: 10/10 ok"), "{stdout}");
-    assert!(stdout.contains("ember processes left: 0"), "{stdout}");
-}
-
-/// The Linux soak, short: on hardware KVM five sequential and three concurrent boots of the
-/// default Linux guest; on a PVM host the script itself says SKIP (its userspace never runs).
-#[test]
-fn soak_smoke_linux() {
-    let test = "soak_smoke_linux";
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(kernel) = project_kernel("vmlinux") else {
-        skip(test, "no project kernel: run kernels/build.sh");
-        return;
-    };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/soak.sh");
-    let o = std::process::Command::new("bash")
-        .args([script, "--linux", "5", "3"])
-        .env("EMBER", env!("CARGO_BIN_EXE_ember"))
-        .env("GUEST", kernel)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stdout}{stderr}");
-    if let HostFlavour::Pvm = tier(test) {
-        assert!(stdout.starts_with("SKIP: soak --linux:"), "{stdout}");
-        skip(
-            test,
-            "the script skips the Linux soak on a PVM-based /dev/kvm",
-        );
-        return;
-    }
-    assert!(stdout.contains("sequential: 5/5 ok"), "{stdout}");
-    assert!(stdout.contains("parallel: 3/3 ok"), "{stdout}");
     assert!(stdout.contains("ember processes left: 0"), "{stdout}");
 }

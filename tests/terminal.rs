@@ -5,43 +5,11 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A pseudo-terminal pair: (master, slave).
-fn pty() -> (std::fs::File, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: two live ints for the fds; no name, termios or window size asked for.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two fresh fds that nothing else owns.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            OwnedFd::from_raw_fd(slave),
-        )
-    }
-}
-
-/// The terminal's local modes (ICANON, ECHO, ISIG: what raw mode clears).
-fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
-    // SAFETY: termios is plain data, filled by tcgetattr.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: a live terminal fd and a live termios.
-    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
-    t.c_lflag
-}
 
 /// Starts ember on the terminal `slave` (stdin), stdout and stderr piped.
 fn spawn_on(slave: &OwnedFd, guest_name: &str, self_test: Option<&str>) -> Child {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ pub fn tiny_spec(
         console_in_is_tty: false,
         timeline: std::sync::Arc::new(ember::timing::Timeline::new()),
         measure_guest_memory,
+        timeout: None,
         seccomp,
     }
 }
@@ -204,10 +206,48 @@ pub fn run_until_then_stop(args: &[&str], needle: &str, limit: Duration) -> Outc
     o
 }
 
+/// The ELF vmlinux inside Debian's cloud kernel, unpacked by kernels/fetch-debian-kernel.sh.
+pub fn debian_kernel_elf() -> Option<PathBuf> {
+    let p = ember::config::cache_dir().join("debian").join("vmlinux");
+    p.exists().then_some(p)
+}
+
 /// Debian's stock cloud kernel (bzImage), fetched by kernels/fetch-debian-kernel.sh.
 pub fn debian_kernel() -> Option<PathBuf> {
     let p = std::env::var_os("EMBER_DEBIAN_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| ember::config::cache_dir().join("debian").join("vmlinuz"));
     p.exists().then_some(p)
+}
+
+/// A pseudo-terminal pair: (master, slave).
+pub fn pty() -> (std::fs::File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: two live ints for the fds; no name, termios or window size asked for.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two fresh fds that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// The terminal's local modes (ICANON, ECHO, ISIG: what raw mode clears).
+pub fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
+    // SAFETY: termios is plain data, filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a live terminal fd and a live termios.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
 }

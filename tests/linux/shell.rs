@@ -1,0 +1,64 @@
+//! An interactive shell over the serial console: Debian's busybox-static through `--exec`, on
+//! a real pseudo-terminal, as a user would type into it.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Instant;
+
+use super::*;
+
+/// Reads the terminal until `needle` appears; returns everything read.
+fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            start.elapsed() < HW_LIMIT,
+            "{needle:?} never appeared: {}",
+            String::from_utf8_lossy(seen)
+        );
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn interactive_busybox_shell() {
+    let test = "interactive_busybox_shell";
+    let Some(k) = kernel_or_skip(test, "vmlinux") else {
+        return;
+    };
+    if !hardware(test) {
+        skip(test, "Linux userspace does not run on a PVM-based /dev/kvm");
+        return;
+    }
+    if !std::path::Path::new("/bin/busybox").exists() {
+        skip(
+            test,
+            "needs busybox-static (apt-get install busybox-static)",
+        );
+        return;
+    }
+    let (mut master, slave) = pty();
+    let cooked = lflag(&slave);
+    let child = ember()
+        .args(["run", "--kernel", &k, "--exec", "/bin/busybox", "--", "sh"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    // busybox's prompt for root.
+    read_until(&mut master, &mut seen, "# ");
+    master
+        .write_all(b"echo $((6 * 7))-from-the-guest\r")
+        .unwrap();
+    read_until(&mut master, &mut seen, "42-from-the-guest");
+    master.write_all(b"exit 3\r").unwrap();
+    let o = wait(child, HW_LIMIT);
+    assert_eq!(o.code, Some(3), "{o:?}: {}", String::from_utf8_lossy(&seen));
+    assert_eq!(lflag(&slave), cooked, "terminal left in raw mode");
+}
