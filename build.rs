@@ -43,7 +43,8 @@ fn build_guest_init(out: &Path) {
     std::fs::copy(&bin, out.join("ember-init")).expect("copy ember-init");
 }
 
-/// Assembles and links each tests/guests/*.S (except the shared common.S).
+/// Assembles (or, for the C ones, compiles freestanding) and links each tests/guests/*.S and
+/// *.c, except the shared common.S.
 fn build_test_guests(out: &Path) {
     println!("cargo:rerun-if-changed=tests/guests");
     let dir = out.join("guests");
@@ -52,7 +53,7 @@ fn build_test_guests(out: &Path) {
     let mut sources: Vec<PathBuf> = std::fs::read_dir("tests/guests")
         .expect("read tests/guests")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "S") && !p.ends_with("common.S"))
+        .filter(|p| p.extension().is_some_and(|x| x == "S" || x == "c") && !p.ends_with("common.S"))
         .collect();
     sources.sort();
     for src in sources {
@@ -61,7 +62,22 @@ fn build_test_guests(out: &Path) {
             .expect("file name")
             .to_string_lossy()
             .into_owned();
-        let status = Command::new(&cc)
+        let mut cmd = Command::new(&cc);
+        if src.extension().is_some_and(|x| x == "c") {
+            // No libc, no stack protector, no red zone and no SSE (CR4.OSFXSR is off at the
+            // 64-bit entry): plain integer code that runs from ember's boot state.
+            cmd.args([
+                "-O2",
+                "-ffreestanding",
+                "-fno-stack-protector",
+                "-fno-pic",
+                "-mno-red-zone",
+                "-mgeneral-regs-only",
+                "-fno-asynchronous-unwind-tables",
+                "-fcf-protection=none",
+            ]);
+        }
+        let status = cmd
             .args([
                 "-nostdlib",
                 "-static",

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::devices::bus::lock;
+use crate::sync::lock;
 use crate::timing::{Phase, Timeline};
 
 /// Why the VM stopped.

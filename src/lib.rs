@@ -1,7 +1,8 @@
 //! ember: a lean KVM micro-VM monitor that boots Linux guests in milliseconds.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library: [`config::VmConfig`] says what
-//! to boot, [`vmm::Vmm`] builds and runs it. docs/DESIGN.md walks the boot steps.
+//! to boot, [`resolve::resolve`] works out what that means on this host, [`vmm::Vmm`] builds and
+//! runs it. docs/DESIGN.md walks the boot steps.
 
 pub mod arch;
 pub mod bench;
@@ -11,7 +12,10 @@ pub mod exit;
 pub mod initramfs;
 pub mod kvm;
 pub mod memory;
+pub mod resolve;
 pub mod seccomp;
+pub mod signals;
+pub mod sync;
 pub mod terminal;
 pub mod timing;
 pub mod vcpu;

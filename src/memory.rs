@@ -18,6 +18,9 @@ pub enum MemoryError {
         /// The error.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The thread registering the memslots failed.
+    #[error("registering guest memory with KVM: {0}")]
+    Thread(String),
     /// KVM refused a memslot.
     #[error("KVM refused guest memory slot {slot} ({size} bytes at {addr:#x}): {source}")]
     Slot {
@@ -44,22 +47,47 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     })
 }
 
-/// Registers every region of `mem` with KVM, one slot each.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
-    for (slot, region) in mem.iter().enumerate() {
+/// One guest RAM region as KVM sees it: where it is in the guest, how big, where it is in
+/// ember's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Guest-physical start.
+    pub guest_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Host virtual address of the mapping.
+    pub host_addr: u64,
+}
+
+/// The regions of `mem`, in order.
+pub fn regions(mem: &GuestMemoryMmap) -> Vec<Region> {
+    mem.iter()
+        .map(|r| Region {
+            guest_addr: r.start_addr().raw_value(),
+            size: r.len(),
+            host_addr: mem
+                .get_host_address(r.start_addr())
+                .map(|p| p as u64)
+                .unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Registers `regions` with KVM, one slot each. The mappings must stay alive for as long as
+/// the VM fd exists, and until this returns.
+pub fn register(vm: &VmFd, regions: &[Region]) -> Result<(), MemoryError> {
+    for (slot, r) in regions.iter().enumerate() {
         let slot = slot as u32;
         let region_desc = kvm_userspace_memory_region {
             slot,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: mem
-                .get_host_address(region.start_addr())
-                .map(|p| p as u64)
-                .unwrap_or(0),
+            guest_phys_addr: r.guest_addr,
+            memory_size: r.size,
+            userspace_addr: r.host_addr,
             flags: 0,
         };
-        // SAFETY: the host range is a live mapping owned by `mem`, which the Vmm keeps alive
-        // for as long as the VM fd exists.
+        // SAFETY: the host range is a live mapping owned by the VM's GuestMemoryMmap, which
+        // the Vmm keeps alive for as long as the VM fd exists and joins this call before
+        // dropping (see vmm::JoinOnDrop).
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(|source| MemoryError::Slot {
             slot,
             addr: region_desc.guest_phys_addr,

@@ -184,11 +184,6 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         "console input from stdin, eventfds (exit, FIFO drained), the signalfd",
     ),
     (
-        libc::SYS_clock_nanosleep,
-        "clock_nanosleep",
-        "backing off between kicks while a vCPU stops",
-    ),
-    (
         libc::SYS_close,
         "close",
         "tearing down: vCPU, VM, KVM, eventfd, signalfd, epoll and report fds",
@@ -202,6 +197,51 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         libc::SYS_getrusage,
         "getrusage",
         "CPU time and peak RSS for --timings",
+    ),
+    (
+        libc::SYS_pread64,
+        "pread64",
+        "virtio-blk reads from the disk image",
+    ),
+    (
+        libc::SYS_pwrite64,
+        "pwrite64",
+        "virtio-blk writes to the disk image",
+    ),
+    (
+        libc::SYS_fdatasync,
+        "fdatasync",
+        "virtio-blk flushes: the guest's data made durable",
+    ),
+    (
+        libc::SYS_accept4,
+        "accept4",
+        "vsock: host processes connecting to the --vsock socket",
+    ),
+    (
+        libc::SYS_socket,
+        "socket",
+        "checked by argument: Unix sockets only, for vsock streams the guest opens to the host",
+    ),
+    (
+        libc::SYS_connect,
+        "connect",
+        "vsock: reaching the host listener <uds>_<port> a guest connects to",
+    ),
+    (
+        libc::SYS_recvfrom,
+        "recvfrom",
+        "vsock: reading the host side of a stream",
+    ),
+    (
+        libc::SYS_shutdown,
+        "shutdown",
+        "vsock: passing a guest's half-close on to the host side",
+    ),
+    (
+        libc::SYS_unlink,
+        "unlink",
+        "removing the vsock socket file when the VM ends",
     ),
 ];
 
@@ -245,13 +285,19 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
         ioctl_rules.push(SeccompRule::new(conds).map_err(err)?);
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    if role == Role::Vmm {
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?]).map_err(err)?],
+        );
+    }
     // Signals only to threads of this very process: SIGABRT (abort() on its own thread) and,
     // for the VMM thread, the kick that brings a vCPU out of KVM_RUN.
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
     let mut signals = vec![libc::SIGABRT as u64];
     if role == Role::Vmm {
-        signals.push(crate::vcpu::kick_signal() as u64);
+        signals.push(crate::signals::kick_signal() as u64);
     }
     let tgkill = signals
         .into_iter()
@@ -321,7 +367,7 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_open => "open",
         libc::SYS_openat => "openat",
         libc::SYS_close => "close",
-        libc::SYS_socket => "socket",
+        libc::SYS_socket => "socket (other than a Unix socket on the VMM thread)",
         libc::SYS_connect => "connect",
         libc::SYS_execve => "execve",
         libc::SYS_fork => "fork",

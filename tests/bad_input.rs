@@ -369,3 +369,83 @@ fn no_permission_on_dev_kvm_or_kernel() {
     assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
     assert!(err.contains("permission denied"), "{err}");
 }
+
+#[test]
+fn bad_disks() {
+    let img = scratch("disk.img", &[0u8; 4096]);
+    let img = img.to_str().unwrap();
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().unwrap();
+    for (args, needles) in [
+        (
+            vec!["--disk", "/nonexistent/disk.img"],
+            vec!["/nonexistent/disk.img", "no such file"],
+        ),
+        (vec!["--disk", dir], vec!["is a directory"]),
+        (vec!["--disk", img, "--disk", img], vec!["given twice"]),
+        (vec!["--rootfs", img, "--disk", img], vec!["given twice"]),
+        (
+            vec!["--disk", &format!("{img},rw")],
+            vec!["--disk", "unknown option"],
+        ),
+    ] {
+        let tiny = tiny();
+        let mut a = vec!["run", "--kernel", tiny.as_str(), "--no-initrd"];
+        a.extend(args);
+        expect_error(&a, BAD_INPUT, &needles);
+    }
+}
+
+#[test]
+fn bad_network_and_vsock() {
+    let tiny = tiny();
+    let exists = scratch("exists.sock", b"x");
+    for (args, needles) in [
+        (
+            vec!["--net", "tap=ember-no-tap"],
+            vec!["tap=\"ember-no-tap\"", "ip tuntap add"],
+        ),
+        (vec!["--net", "tap=lo"], vec!["not a TAP device"]),
+        (
+            vec!["--net", "mac=02:00:00:00:00:01"],
+            vec!["--net", "tap="],
+        ),
+        (
+            vec!["--vsock", &format!("cid=3,uds={}", exists.display())],
+            vec!["already exists"],
+        ),
+        (
+            vec!["--vsock", "cid=3,uds=/nonexistent-dir/v.sock"],
+            vec!["does not exist"],
+        ),
+        (vec!["--vsock", "cid=2,uds=/tmp/x.sock"], vec!["reserved"]),
+    ] {
+        let mut a = vec!["run", "--kernel", tiny.as_str(), "--no-initrd"];
+        a.extend(args);
+        expect_error(&a, BAD_INPUT, &needles);
+    }
+}
+
+#[test]
+fn bad_config_files() {
+    let tiny = tiny();
+    let not_json = scratch("not.json", b"this is not json");
+    let unknown = scratch("unknown.json", br#"{"machine-config": {"vcpus": 2}}"#);
+    for (file, needles) in [
+        (
+            not_json.to_str().unwrap(),
+            vec!["not a valid ember configuration"],
+        ),
+        (unknown.to_str().unwrap(), vec!["unknown field `vcpus`"]),
+        (
+            "/nonexistent/vm.json",
+            vec!["/nonexistent/vm.json", "no such file"],
+        ),
+    ] {
+        expect_error(
+            &["run", "--kernel", &tiny, "--config", file],
+            BAD_INPUT,
+            &needles,
+        );
+    }
+}

@@ -32,8 +32,8 @@ fn rss_kib() -> u64 {
 }
 
 fn boot_once() {
-    let spec = tiny_spec("hello64", Seccomp::VcpuThreads, false);
-    let run = Vmm::build(spec).expect("build").run().expect("run");
+    let (vm, runtime) = tiny_vm("hello64", Seccomp::VcpuThreads, false);
+    let run = Vmm::build(vm, runtime).expect("build").run().expect("run");
     assert_eq!(
         run.outcome,
         VmOutcome::Stopped {

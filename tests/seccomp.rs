@@ -100,8 +100,8 @@ fn library_runs_confined_on_a_thread_per_vm() {
 
     for _ in 0..5 {
         let outcome = std::thread::spawn(|| {
-            let spec = tiny_spec("fill", Seccomp::AllThreads, true);
-            let run = Vmm::build(spec).expect("build").run().expect("run");
+            let (vm, runtime) = tiny_vm("fill", Seccomp::AllThreads, true);
+            let run = Vmm::build(vm, runtime).expect("build").run().expect("run");
             // Still confined here: allocation works. Pieces below glibc's mmap threshold grow
             // this thread's own malloc heap (mprotect); a big one is mapped and unmapped.
             let pieces: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 32 << 10]).collect();

@@ -91,7 +91,7 @@ cat <<'INIT'
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-die() { echo "svm-tier L1: $*" > /dev/ttyS1; poweroff -f; }
+die() { echo "svm-tier L1: $*" > /dev/ttyS1; echo 125 > /root/run/svm-tier/rc 2>/dev/null; sync; poweroff -f; }
 while read -r m; do insmod "/lib/modules/$m.ko" || echo "svm-tier L1: insmod $m failed"; done < /lib/modules/order
 [ -c /dev/kvm ] || die "kvm_amd did not load: no /dev/kvm (is SVM in QEMU's -cpu?)"
 p9="trans=virtio,version=9p2000.L,msize=512000"
@@ -107,6 +107,8 @@ mount -t tmpfs tmpfs $R/run; mount -t tmpfs tmpfs $R/tmp
 mkdir -p $R/run/svm-tier
 mount -t 9p -o "$p9,cache=none" ctl $R/run/svm-tier || die "cannot mount the control folder"
 repo=$(cat $R/run/svm-tier/repo)
+# Under /tmp (a fresh tmpfs above) the folder must be made again.
+mkdir -p "$R$repo"
 mount -t 9p -o "$p9,cache=mmap" repo "$R$repo" || die "cannot mount $repo"
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 chroot $R /bin/bash /run/svm-tier/cmd.sh < /dev/null > /dev/ttyS1 2>&1

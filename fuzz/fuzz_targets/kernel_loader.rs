@@ -18,13 +18,12 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         drop(f);
-        let Ok(mut f) = std::fs::File::open(&path) else { return };
-        if let Ok(k) = boot::load_kernel(&m.0, m.1, "fuzz", &mut f) {
+        let Ok(f) = std::fs::File::open(&path) else { return };
+        // Recognising the image reads its ELF notes too (whether it is Linux).
+        let Ok(mut image) = boot::KernelImage::new("fuzz", f) else { return };
+        if let Ok(k) = boot::load_kernel(&m.0, m.1, &mut image) {
             let rd = boot::load_initrd(&m.0, m.1, &k, "fuzz", data).ok();
             let _ = boot::write_boot_params(&m.0, m.1, &k, 16, rd, 0xe_0000);
-        }
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            let _ = boot::looks_like_linux(&mut f);
         }
     });
 });

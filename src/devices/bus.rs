@@ -81,7 +81,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                lock(&e.device).read(offset, data);
+                crate::sync::lock(&e.device).read(offset, data);
                 true
             }
             None => {
@@ -95,18 +95,12 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, offset)) => {
-                lock(&e.device).write(offset, data);
+                crate::sync::lock(&e.device).write(offset, data);
                 true
             }
             None => false,
         }
     }
-}
-
-/// Locks a device, recovering it if a thread panicked while holding it: device state stays
-/// usable and a panic is reported through the exit path, not by poisoning every later access.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

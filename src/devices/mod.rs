@@ -3,5 +3,7 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
+pub mod manager;
 pub mod power;
 pub mod serial;
+pub mod virtio;

@@ -9,7 +9,9 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::bus::{BusDevice, lock};
+use super::bus::BusDevice;
+use crate::exit::ExitSignal;
+use crate::sync::lock;
 use crate::timing::{Phase, Timeline};
 
 /// COM1's first port.
@@ -54,7 +56,8 @@ impl SerialEvents for InputEvents {
 ///
 /// Not `std::io::Stdout`: its lock would be held by a vCPU thread blocked on a full pipe, and
 /// `write_all` retries EINTR forever, so a stop could never interrupt it. Here the kick signal's
-/// EINTR surfaces as an error, the byte is dropped, and the vCPU thread sees the stop.
+/// EINTR surfaces as an `Interrupted` error, and [`ConsoleOut`] decides: retry, unless the VM
+/// is stopping.
 pub struct FdWriter(pub std::os::fd::RawFd);
 
 impl FdWriter {
@@ -69,12 +72,7 @@ impl Write for FdWriter {
         // SAFETY: writing from a live buffer of `buf.len()` bytes to a descriptor we were given.
         let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
         if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(if e.kind() == std::io::ErrorKind::Interrupted {
-                std::io::Error::other("console write interrupted by a stop")
-            } else {
-                e
-            });
+            return Err(std::io::Error::last_os_error());
         }
         Ok(n as usize)
     }
@@ -115,19 +113,23 @@ pub struct ConsoleOut {
     out: Box<dyn Write + Send>,
     timeline: Arc<Timeline>,
     watch: Arc<Mutex<ConsoleWatch>>,
+    exit: Arc<ExitSignal>,
 }
 
 impl ConsoleOut {
-    /// Output to `out`, stamping into `timeline`, watching into `watch`.
+    /// Output to `out`, stamping into `timeline`, watching into `watch`; a write interrupted
+    /// while `exit` says the VM is stopping is given up.
     pub fn new(
         out: Box<dyn Write + Send>,
         timeline: Arc<Timeline>,
         watch: Arc<Mutex<ConsoleWatch>>,
+        exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
             out,
             timeline,
             watch,
+            exit,
         }
     }
 }
@@ -142,12 +144,19 @@ impl Write for ConsoleOut {
             }
         }
         // The guest's bytes are dropped, not queued, when the host side fails (a closed
-        // stdout): a guest must not be able to grow ember's memory. An interrupted write (a
-        // stop is under way) is an error, so the vCPU thread does not retry it.
-        match self.out.write(buf) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::Other => Err(e),
-            Err(_) => Ok(buf.len()),
+        // stdout): a guest must not be able to grow ember's memory. A write interrupted by a
+        // kick is retried (a pause), unless the VM is stopping: then it is an error, and the
+        // vCPU thread gets back to its loop and sees the stop.
+        loop {
+            match self.out.write(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if self.exit.is_stopping() {
+                        return Err(std::io::Error::other("console write interrupted by a stop"));
+                    }
+                }
+                Err(_) => return Ok(buf.len()),
+            }
         }
     }
 
@@ -218,6 +227,10 @@ mod tests {
         assert!(w.panic.is_none());
     }
 
+    fn exit() -> Arc<ExitSignal> {
+        Arc::new(ExitSignal::new(Default::default()).unwrap())
+    }
+
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
     impl Write for Sink {
@@ -234,7 +247,12 @@ mod tests {
     fn output_and_garbage() {
         let timeline = Arc::new(Timeline::new());
         let sink = Sink::default();
-        let out = ConsoleOut::new(Box::new(sink.clone()), timeline.clone(), Default::default());
+        let out = ConsoleOut::new(
+            Box::new(sink.clone()),
+            timeline.clone(),
+            Default::default(),
+            exit(),
+        );
         let (mut dev, _drained) =
             SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
         dev.write(0, b"h");
@@ -254,7 +272,12 @@ mod tests {
         // Deterministic pseudo-random guest traffic: every register, DLAB on and off,
         // loopback mode, interleaved host input; the device must neither panic nor grow.
         let timeline = Arc::new(Timeline::new());
-        let out = ConsoleOut::new(Box::new(std::io::sink()), timeline, Default::default());
+        let out = ConsoleOut::new(
+            Box::new(std::io::sink()),
+            timeline,
+            Default::default(),
+            exit(),
+        );
         let (mut dev, _drained) =
             SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
         let mut x: u64 = 0x1234_5678_9abc_def1;

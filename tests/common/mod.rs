@@ -21,26 +21,23 @@ pub fn guest(name: &str) -> PathBuf {
     PathBuf::from(env!("EMBER_TEST_GUESTS")).join(name)
 }
 
-/// A library-level VM spec for tiny guest `name`: 2 vCPUs, 64 MiB, console to nowhere.
-pub fn tiny_spec(
+/// Tiny guest `name` through the library: its configuration (2 vCPUs, 64 MiB, no initrd)
+/// resolved for this host, and a runtime with the console to nowhere.
+pub fn tiny_vm(
     name: &str,
     seccomp: ember::seccomp::Seccomp,
     measure_guest_memory: bool,
-) -> ember::vmm::VmSpec {
-    ember::vmm::VmSpec {
-        kernel: guest(name).display().to_string(),
-        initrd: None,
-        cmdline: ember::config::DEFAULT_CMDLINE.to_string(),
-        vcpus: 2,
-        mem_size: 64 << 20,
-        console_out: Box::new(std::io::sink()),
-        console_in: None,
-        console_in_is_tty: false,
-        timeline: std::sync::Arc::new(ember::timing::Timeline::new()),
-        measure_guest_memory,
-        timeout: None,
-        seccomp,
-    }
+) -> (ember::resolve::ResolvedVm, ember::vmm::Runtime) {
+    let mut config = ember::config::VmConfig::default();
+    config.boot_source.kernel_image_path = Some(guest(name));
+    config.boot_source.no_initrd = true;
+    config.machine_config.vcpu_count = 2;
+    config.machine_config.overcommit_vcpus = true;
+    config.machine_config.mem_size_mib = 64;
+    let vm = ember::resolve::resolve(&config, HostFlavour::detect()).expect("resolve");
+    let mut runtime = ember::vmm::Runtime::detached(Box::new(std::io::sink()), seccomp);
+    runtime.measure_guest_memory = measure_guest_memory;
+    (vm, runtime)
 }
 
 /// What a finished ember run left behind.

@@ -11,7 +11,9 @@
 //! that a kernel that scans for it finds it too; the boot protocols also hand its address over.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, ResourceTemplate};
+use acpi_tables::aml::{
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -47,6 +49,16 @@ pub enum AcpiDevice {
         /// Interrupt line (GSI).
         irq: u32,
     },
+    /// A virtio-mmio device (LNRO0005, which Linux's virtio_mmio driver matches): its register
+    /// window and interrupt line.
+    VirtioMmio {
+        /// Guest-physical address of the window (below 4 GiB).
+        addr: u64,
+        /// The window's size.
+        len: u64,
+        /// Interrupt line (GSI).
+        irq: u32,
+    },
 }
 
 impl AcpiDevice {
@@ -62,6 +74,20 @@ impl AcpiDevice {
                         "_CRS".into(),
                         &ResourceTemplate::new(vec![
                             &IO::new(port, port, 1, 8),
+                            &Interrupt::new(true, true, false, false, irq),
+                        ]),
+                    ),
+                ],
+            )),
+            AcpiDevice::VirtioMmio { addr, len, irq } => bytes_of(&Device::new(
+                format!("_SB_.{name}").as_str().into(),
+                vec![
+                    &Name::new("_HID".into(), &"LNRO0005"),
+                    &Name::new("_UID".into(), &(irq as u8)),
+                    &Name::new(
+                        "_CRS".into(),
+                        &ResourceTemplate::new(vec![
+                            &Memory32Fixed::new(true, addr as u32, len as u32),
                             &Interrupt::new(true, true, false, false, irq),
                         ]),
                     ),
@@ -259,6 +285,20 @@ mod tests {
         assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
         assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
         assert!(has(b"_S5_"));
+        let virtio = AcpiDevice::VirtioMmio {
+            addr: 0xd000_0000,
+            len: 0x1000,
+            irq: 5,
+        };
+        let tables = build(layout::ACPI_START, 1, &[com1, virtio]).unwrap();
+        let dsdt = &tables[3].1;
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"DV01") && has(b"LNRO0005\0"));
+        // Memory32Fixed: read-write, base, length.
+        assert!(has(&[
+            0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00
+        ]));
+        assert!(sums_to_zero(dsdt));
     }
 
     #[test]

@@ -192,28 +192,63 @@ pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
     None
 }
 
-/// Loads the kernel file at `path` into guest memory.
+/// A kernel image file, opened and recognised once: its format from the first bytes, and
+/// whether it is Linux (a bzImage, or an ELF with a "Linux" note; tiny test guests are not),
+/// which decides whether it gets ember's initramfs and, on PVM hosts, the PVM extras.
+#[derive(Debug)]
+pub struct KernelImage {
+    /// What messages call it (the path).
+    pub name: String,
+    file: File,
+    head: Vec<u8>,
+    /// The image's format.
+    pub format: KernelFormat,
+    /// Whether it is a Linux kernel.
+    pub is_linux: bool,
+}
+
+impl KernelImage {
+    /// Recognises the kernel in `file`, which messages call `name`.
+    pub fn new(name: &str, mut file: File) -> Result<Self, BootError> {
+        let read_err = |source| BootError::ReadKernel {
+            path: name.to_string(),
+            source,
+        };
+        let mut head = vec![0u8; 0x300];
+        let n = read_up_to(&mut file, &mut head).map_err(read_err)?;
+        head.truncate(n);
+        let format = detect_format(&head).ok_or_else(|| BootError::NotAKernel(name.into()))?;
+        let is_linux = match format {
+            KernelFormat::BzImage => true,
+            KernelFormat::Elf => elf_has_linux_note(&mut file, &head).unwrap_or(false),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            file,
+            head,
+            format,
+            is_linux,
+        })
+    }
+}
+
+/// Loads `image` into guest memory.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    path: &str,
-    file: &mut File,
+    image: &mut KernelImage,
 ) -> Result<LoadedKernel, BootError> {
-    let read_err = |source| BootError::ReadKernel {
-        path: path.to_string(),
-        source,
-    };
-    let mut head = [0u8; 0x300];
-    let n = read_up_to(file, &mut head).map_err(read_err)?;
-    let head = &head[..n];
+    let path = image.name.as_str();
+    let head = image.head.as_slice();
+    let file = &mut image.file;
     let mem_mib = mem_size >> 20;
     let load_err = |source| BootError::Load {
         path: path.to_string(),
         mem_mib,
         source,
     };
-    match detect_format(head) {
-        Some(KernelFormat::Elf) => {
+    match image.format {
+        KernelFormat::Elf => {
             // linux-loader reads any ELF class as ELF64; check class and machine first.
             let class = head.get(4).copied();
             let machine = head.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
@@ -233,7 +268,7 @@ pub fn load_kernel(
                 is_bzimage: false,
             })
         }
-        Some(KernelFormat::BzImage) => {
+        KernelFormat::BzImage => {
             let mut hdr = setup_header::default();
             let hdr_bytes = head.get(0x1f1..0x1f1 + std::mem::size_of::<setup_header>());
             if let Some(bytes) = hdr_bytes {
@@ -278,7 +313,6 @@ pub fn load_kernel(
                 is_bzimage: true,
             })
         }
-        None => Err(BootError::NotAKernel(path.to_string())),
     }
 }
 
@@ -444,20 +478,6 @@ pub fn write_boot_params(
     Ok(())
 }
 
-/// Whether an image is a Linux kernel: any bzImage, or an ELF with a "Linux" ELF note (which
-/// every vmlinux carries and tiny test guests do not). Used only to choose warnings.
-pub fn looks_like_linux(file: &mut File) -> bool {
-    let mut head = [0u8; 0x300];
-    let Ok(n) = read_up_to(file, &mut head) else {
-        return false;
-    };
-    match detect_format(&head[..n]) {
-        Some(KernelFormat::BzImage) => true,
-        Some(KernelFormat::Elf) => elf_has_linux_note(file, &head[..n]).unwrap_or(false),
-        None => false,
-    }
-}
-
 fn elf_has_linux_note(file: &mut File, head: &[u8]) -> Option<bool> {
     const PT_NOTE: u32 = 4;
     let phoff = u64::from_le_bytes(head.get(32..40)?.try_into().ok()?);
@@ -601,14 +621,14 @@ mod fuzz_smoke {
             let mut f = std::fs::File::create(&path).unwrap();
             f.write_all(&img).unwrap();
             drop(f);
-            let mut f = File::open(&path).unwrap();
-            if let Ok(k) = load_kernel(&mem, mem_size, "fuzz", &mut f) {
+            let f = File::open(&path).unwrap();
+            if let Ok(mut image) = KernelImage::new("fuzz", f)
+                && let Ok(k) = load_kernel(&mem, mem_size, &mut image)
+            {
                 // Whatever loaded must also take boot parameters without panicking.
                 let rd = load_initrd(&mem, mem_size, &k, "fuzz-initrd", &img).ok();
                 let _ = write_boot_params(&mem, mem_size, &k, 10, rd, layout::ACPI_START);
             }
-            let mut f = File::open(&path).unwrap();
-            let _ = looks_like_linux(&mut f);
         }
         let _ = std::fs::remove_file(path);
     }

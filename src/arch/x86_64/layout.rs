@@ -52,6 +52,18 @@ pub const POWER_SLEEP_PORT: u64 = 0x600;
 pub const POWER_RESET_PORT: u64 = 0x601;
 /// The value the FADT tells the kernel to write to the reset register.
 pub const POWER_RESET_VALUE: u8 = 1;
+/// The three pages KVM needs for the TSS on Intel hosts (KVM_SET_TSS_ADDR): at the top of the
+/// MMIO gap, above the local APIC, where QEMU and Firecracker put them too.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+/// Where virtio-mmio devices' register windows go (4 KiB each), inside the MMIO gap.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// The size of that area: room for 4096 devices.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x0100_0000;
+/// The interrupt lines (IOAPIC pins, GSIs) ember hands to devices: 4 is COM1's, 0-3 are the
+/// PIT's and the legacy ones; the IOAPIC has 24 pins.
+pub const DEVICE_IRQ_FIRST: u32 = 5;
+/// The last of them.
+pub const DEVICE_IRQ_LAST: u32 = 23;
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
@@ -64,6 +76,10 @@ const _: () = assert!(PD_START + PD_MAX * 0x1000 <= CMDLINE_START);
 const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
 const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
 const _: () = assert!(ACPI_START > MPTABLE_START && ACPI_END <= HIMEM_START);
+const _: () = assert!(KVM_TSS_START >= LAPIC_START + 0x1000);
+const _: () = assert!(VIRTIO_MMIO_START > BOOT_TIMER_MMIO);
+const _: () = assert!(VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE <= IOAPIC_START);
+const _: () = assert!(KVM_TSS_START + 3 * 0x1000 <= MMIO_GAP_END);
 
 /// The RAM ranges (start, length) for `mem_size` bytes of guest memory, split around the
 /// MMIO gap.

@@ -1,14 +1,20 @@
-//! vCPUs: configuring each one, and the thread that runs it. A vCPU thread handles its exits
-//! by handing port and MMIO accesses to the buses; anything it cannot continue from becomes an
-//! exit reason on the shared exit signal. It never exits the process and never panics on guest
-//! input.
+//! vCPUs: configuring each one, and the thread that runs it. A vCPU thread hands each exit to
+//! [`dispatch`] (port and MMIO accesses to the buses); anything it cannot continue from becomes
+//! an exit reason on the shared exit signal. It pauses, resumes and stops when its
+//! [`VcpuControl`] says so. It never exits the process and never panics on guest input.
+
+pub mod control;
+pub mod dispatch;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
+
+pub use control::{RunState, VcpuControl};
+use dispatch::{Next, dispatch};
 
 use crate::arch::x86_64::boot::EntryPoint;
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
@@ -20,10 +26,6 @@ use crate::timing::{Phase, Timeline};
 
 /// KVM's internal-error suberror for a failed instruction emulation.
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
-/// KVM's system-event types.
-const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
-const KVM_SYSTEM_EVENT_RESET: u32 = 2;
-const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,7 @@ impl StartGate {
 pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
+    control: Arc<VcpuControl>,
 }
 
 /// What a vCPU needs to know to configure itself.
@@ -151,7 +154,14 @@ impl Vcpu {
                 .map_err(kvm_err("set regs"))?;
             fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
         }
-        Ok(Self { fd, id })
+        let mut fd = fd;
+        let control = Arc::new(VcpuControl::new(id, fd.get_kvm_run()));
+        Ok(Self { fd, id, control })
+    }
+
+    /// The handle through which this vCPU's thread is paused, resumed and stopped.
+    pub fn control(&self) -> Arc<VcpuControl> {
+        self.control.clone()
     }
 
     /// Starts the vCPU's thread; it enters the guest once `gate` opens, and hands
@@ -176,6 +186,7 @@ impl Vcpu {
                             cpu: id,
                             what: e.to_string(),
                         });
+                        self.control.finished();
                         return self;
                     }
                     Some(Ok(())) => true,
@@ -183,11 +194,14 @@ impl Vcpu {
                 };
                 seccomp::self_test(Role::Vcpu, filtered);
                 gate.wait();
-                if id == 0 {
-                    timeline.mark(Phase::FirstKvmRun);
-                }
                 let mut vcpu = self;
-                vcpu.run(&pio, &mmio, &exit);
+                if vcpu.control.started() == RunState::Running {
+                    if id == 0 {
+                        timeline.mark(Phase::FirstKvmRun);
+                    }
+                    vcpu.run(&pio, &mmio, &exit);
+                }
+                vcpu.control.finished();
                 // Handed back so the joining thread closes the fd: close is not in the filter.
                 vcpu
             })
@@ -197,73 +211,39 @@ impl Vcpu {
     /// The run loop: until a stop is requested or the vCPU cannot go on.
     fn run(&mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
         let id = self.id;
-        while !exit.is_stopping() {
-            let outcome = match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    if !pio.write(u64::from(port), data) {
-                        log::trace!("vCPU {id}: write to unhandled port {port:#x}: {data:x?}");
+        while !self.control.stop_requested() {
+            let next = match self.fd.run() {
+                Ok(e) => dispatch(e, id, pio, mmio),
+                // A kick (pause, stop) or a signal: ask the control what now.
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if self.control.after_interrupt() {
+                        continue;
                     }
-                    None
+                    break;
                 }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    pio.read(u64::from(port), data);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if !mmio.write(addr, data) {
-                        log::trace!("vCPU {id}: write to unhandled MMIO {addr:#x}");
-                    }
-                    None
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    mmio.read(addr, data);
-                    None
-                }
-                // With the in-kernel LAPIC a halted vCPU sleeps in KVM; an exit here is only
-                // a notification, and the guest is resumed.
-                Ok(VcpuExit::Hlt) => None,
-                Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault {
-                    cpu: id,
-                    rip: self.fd.get_regs().ok().map(|r| r.rip).filter(|&rip| {
-                        // AMD's KVM resets the vCPU before reporting the shutdown: the reset
-                        // vector says nothing about where the guest was.
-                        rip != RESET_VECTOR_IP
-                    }),
-                }),
-                Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
-                    KVM_SYSTEM_EVENT_CRASH => ExitReason::VcpuFailed {
-                        cpu: id,
-                        what: "the guest reported a crash (KVM system event)".into(),
-                    },
-                    other => ExitReason::VcpuFailed {
-                        cpu: id,
-                        what: format!("unknown KVM system event {other}"),
-                    },
-                }),
-                Ok(VcpuExit::InternalError) => Some(self.internal_error()),
-                Ok(VcpuExit::FailEntry(reason, _)) => Some(ExitReason::VcpuFailed {
-                    cpu: id,
-                    what: format!(
-                        "KVM could not enter the guest (hardware entry failure {reason:#x})"
-                    ),
-                }),
-                Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
-                Ok(other) => Some(ExitReason::VcpuFailed {
-                    cpu: id,
-                    what: format!("unexpected KVM exit {other:?}"),
-                }),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-                Err(e) => Some(ExitReason::VcpuFailed {
+                Err(e) => Next::Stop(ExitReason::VcpuFailed {
                     cpu: id,
                     what: format!("KVM_RUN failed: {e}"),
                 }),
             };
-            if let Some(reason) = outcome {
-                exit.request(reason);
-                break;
-            }
+            let reason = match next {
+                Next::Run => continue,
+                Next::Stop(reason) => reason,
+                Next::TripleFault => ExitReason::TripleFault {
+                    cpu: id,
+                    // AMD's KVM resets the vCPU before reporting the shutdown: the reset
+                    // vector says nothing about where the guest was.
+                    rip: self
+                        .fd
+                        .get_regs()
+                        .ok()
+                        .map(|r| r.rip)
+                        .filter(|&rip| rip != RESET_VECTOR_IP),
+                },
+                Next::InternalError => self.internal_error(),
+            };
+            exit.request(reason);
+            break;
         }
     }
 
@@ -322,15 +302,4 @@ const RESET_VECTOR_IP: u64 = 0xfff0;
 /// making): KVM_INTERNAL_ERROR_SIMUL_EX (2) and KVM_INTERNAL_ERROR_DELIVERY_EV (3).
 fn is_triple_fault_suberror(suberror: u32) -> bool {
     matches!(suberror, 2 | 3)
-}
-
-/// Registers the no-op handler for the signal that kicks vCPU threads out of KVM_RUN.
-pub fn register_kick_signal() -> Result<(), vmm_sys_util::errno::Error> {
-    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
-}
-
-/// The signal used to kick vCPU threads.
-pub fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
 }

@@ -1,0 +1,138 @@
+//! The `ember` command's pieces: `run` (flags into a VM and an exit code), `host`, `bench`, and
+//! how every failure becomes one line and an exit code.
+
+pub mod exit_code;
+pub mod run;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use ember::bench::{BenchConfig, BenchError};
+use ember::config::ConfigError;
+use ember::kvm::KvmError;
+use ember::resolve::ResolveError;
+use ember::vmm::VmmError;
+
+/// An error on its way to becoming a message and an exit code.
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The one-line message.
+    pub message: String,
+}
+
+impl Failure {
+    /// Bad input, with `e`'s message.
+    pub fn bad_input(e: impl std::fmt::Display) -> Self {
+        Failure {
+            code: exit_code::BAD_INPUT,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::bad_input(e)
+    }
+}
+
+impl From<ResolveError> for Failure {
+    fn from(e: ResolveError) -> Self {
+        Failure::bad_input(e)
+    }
+}
+
+impl From<VmmError> for Failure {
+    fn from(e: VmmError) -> Self {
+        let code = match &e {
+            VmmError::Kvm(
+                KvmError::NoDevice
+                | KvmError::NoPermission
+                | KvmError::MissingCap(..)
+                | KvmError::ApiVersion(_)
+                | KvmError::Open(_),
+            ) => exit_code::NO_KVM,
+            VmmError::Boot(_)
+            | VmmError::TooManyVcpus { .. }
+            | VmmError::Mptable(_)
+            | VmmError::Acpi(_)
+            | VmmError::Block(_)
+            | VmmError::Net(_)
+            | VmmError::Vsock(_)
+            | VmmError::Memory(ember::memory::MemoryError::Map { .. }) => exit_code::BAD_INPUT,
+            _ => exit_code::HOST_ERROR,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `ember bench`'s flags.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Counted runs per subject.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    runs: usize,
+    /// Runs dropped at the start of each block (warm-up).
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    warmup: usize,
+    /// Baselines, comma-separated: process, namespaces, crun, runc, podman, docker, qemu.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "process,namespaces,crun,runc,podman,docker,qemu"
+    )]
+    baselines: Vec<String>,
+    /// A peer VMM to add: NAME='COMMAND {kernel} {initrd}' (run with sh -c); repeatable.
+    #[arg(long = "peer", value_name = "NAME=CMD")]
+    peers: Vec<String>,
+    /// Where results.json, results.csv and plot.svg go.
+    #[arg(long, value_name = "DIR", default_value = "ember-bench")]
+    out: PathBuf,
+    /// Options for `ember run` (after `--`); default: the guest suited to this host.
+    #[arg(last = true, value_name = "RUN-OPTIONS")]
+    run_args: Vec<String>,
+}
+
+/// `ember bench`.
+pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
+    let cfg = BenchConfig {
+        runs: args.runs,
+        warmup: args.warmup,
+        baselines: args.baselines,
+        peers: args.peers,
+        out: args.out,
+        run_args: args.run_args,
+    };
+    let results = ember::bench::run(&cfg).map_err(|e| Failure {
+        code: match e {
+            BenchError::Ember(_) | BenchError::Exe(_) => exit_code::HOST_ERROR,
+            _ => exit_code::BAD_INPUT,
+        },
+        message: e.to_string(),
+    })?;
+    // A closed stdout (`| head`) loses output; it must not panic.
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{}", results.table()).and_then(|_| {
+        writeln!(
+            out,
+            "results: {}/results.json, results.csv, plot.svg",
+            cfg.out.display()
+        )
+    });
+    Ok(0)
+}
+
+/// `ember host`.
+pub fn host() -> Result<u8, Failure> {
+    let report = ember::kvm::host_report().map_err(|e| Failure {
+        code: exit_code::NO_KVM,
+        message: e.to_string(),
+    })?;
+    let _ = write!(std::io::stdout(), "{report}");
+    Ok(0)
+}

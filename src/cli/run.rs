@@ -1,0 +1,274 @@
+//! `ember run`: flags (over an optional `--config` file) into a [`VmConfig`], resolved for this
+//! host, built, run, and turned into an exit code.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ember::config::{self, ConfigError, Exec, VmConfig};
+use ember::devices::serial::FdWriter;
+use ember::kvm::HostFlavour;
+use ember::resolve;
+use ember::seccomp::Seccomp;
+use ember::terminal;
+use ember::timing::report::{self, Report};
+use ember::timing::{Phase, Timeline, process_start};
+use ember::vmm::{Runtime, Vmm};
+
+use super::{Failure, exit_code};
+
+/// `ember run`'s flags. Each overrides the same field of a `--config` file.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A JSON configuration file (Firecracker's sections: boot-source, machine-config, drives,
+    /// network-interfaces, vsock); the flags below override it. docs/config.md has the format.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the resolved configuration as JSON (the effective command line included) and exit
+    /// without booting.
+    #[arg(long)]
+    print_config: bool,
+    /// Kernel image: an x86_64 ELF vmlinux (PVH note or 64-bit entry) or a bzImage.
+    /// Default: $EMBER_KERNEL, else ~/.cache/ember/vmlinux (built by kernels/build.sh).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initrd image to hand the kernel instead of ember's built-in initramfs.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["exec", "no_initrd"])]
+    initrd: Option<PathBuf>,
+    /// Run this static program in the guest (packed into an in-memory initramfs); ember exits
+    /// with its exit status. Arguments follow `--`.
+    #[arg(long, value_name = "PROG", conflicts_with = "no_initrd")]
+    exec: Option<PathBuf>,
+    /// Boot without any initrd (bare kernels and tiny test guests).
+    #[arg(long)]
+    no_initrd: bool,
+    /// Kernel command line, replacing the default (see README: "Kernel command line").
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Allow more vCPUs than the CPUs this host gives ember (they then share CPUs).
+    #[arg(long)]
+    overcommit_vcpus: bool,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "M")]
+    mem_mib: Option<u64>,
+    /// A disk image as a virtio block device (vda, vdb, ... in order); `ro` makes the device
+    /// refuse writes; `id` names it (the serial number the guest reads). Repeatable.
+    #[arg(long, value_name = "PATH[,ro][,id=NAME]")]
+    disk: Vec<String>,
+    /// A disk image as the first block device and the root filesystem (`root=/dev/vda rw`).
+    #[arg(long, value_name = "PATH")]
+    rootfs: Option<PathBuf>,
+    /// A network interface backed by an existing TAP device. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
+    /// A vsock device: a host process connects to PATH and sends `CONNECT <port>\n`; guest
+    /// connections to port P reach PATH_P (Firecracker's convention).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<String>,
+    /// Stop the guest if it is still running after this long (90, 90s, 500ms, 5m, 1h; 0: never).
+    /// Default: none, except for a Linux guest on a PVM-based /dev/kvm (see `ember host`).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+    /// Report the startup timeline after the guest stops: a table on stderr (`--timings`),
+    /// JSON on stderr (`--timings=json`) or JSON into a file (`--timings=FILE`).
+    #[arg(long, value_name = "json|FILE", num_args = 0..=1, require_equals = true, default_missing_value = "table")]
+    timings: Option<String>,
+    /// Run without seccomp filters (vCPU threads and the VMM thread). Unsafe: it leaves the
+    /// threads that handle guest-controlled input unconfined; for debugging ember only.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Arguments for the --exec program.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
+}
+
+impl RunArgs {
+    /// The configuration these flags describe, on top of `--config` if given.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::default(),
+        };
+        let boot = &mut c.boot_source;
+        if let Some(k) = &self.kernel {
+            boot.kernel_image_path = Some(k.clone());
+        }
+        // Any of the three initrd flags replaces the file's choice.
+        if self.initrd.is_some() || self.exec.is_some() || self.no_initrd {
+            boot.initrd_path = self.initrd.clone();
+            boot.exec = self.exec.as_ref().map(|program| Exec {
+                program: program.clone(),
+                args: self.args.clone(),
+            });
+            boot.no_initrd = self.no_initrd;
+        }
+        if !self.args.is_empty() && boot.exec.is_none() {
+            return Err(ConfigError::ArgsWithoutExec);
+        }
+        if let Some(cmdline) = &self.cmdline {
+            boot.boot_args = Some(cmdline.clone());
+        }
+        let m = &mut c.machine_config;
+        if let Some(v) = self.vcpus {
+            m.vcpu_count = v;
+        }
+        if let Some(mib) = self.mem_mib {
+            m.mem_size_mib = mib;
+        }
+        m.overcommit_vcpus |= self.overcommit_vcpus;
+        if let Some(root) = &self.rootfs {
+            c.drives.insert(
+                0,
+                config::Drive {
+                    drive_id: "rootfs".into(),
+                    path_on_host: root.clone(),
+                    is_root_device: true,
+                    is_read_only: false,
+                },
+            );
+        }
+        for d in &self.disk {
+            let index = c.drives.len();
+            c.drives.push(config::parse_disk(d, index)?);
+        }
+        for n in &self.net {
+            let index = c.network_interfaces.len();
+            c.network_interfaces.push(config::parse_net(n, index)?);
+        }
+        if let Some(v) = &self.vsock {
+            c.vsock = Some(config::parse_vsock(v)?);
+        }
+        if let Some(t) = self.timeout {
+            c.timeout = Some(t);
+        }
+        Ok(c)
+    }
+}
+
+/// `ember run`.
+pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    let timeline = Arc::new(Timeline::new());
+    let timings = args
+        .timings
+        .as_deref()
+        .map(TimingsOutput::parse)
+        .transpose()?;
+    // Looked up now: once the VM runs, this thread's seccomp filter forbids the netlink
+    // socket and /proc files the lookup uses.
+    let started = timings.is_some().then(process_start::lookup);
+
+    let config = args.to_config()?;
+    let flavour = HostFlavour::detect();
+    let vm = resolve::resolve(&config, flavour).map_err(Failure::bad_input)?;
+    if args.print_config {
+        let mut shown = config.clone();
+        shown.boot_source.kernel_image_path = Some(config.kernel()?);
+        shown.boot_source.boot_args = Some(vm.cmdline_text());
+        shown.timeout = vm.timeout;
+        let text = serde_json::to_string_pretty(&shown).unwrap_or_default();
+        let _ = writeln!(std::io::stdout(), "{text}");
+        return Ok(0);
+    }
+    timeline.mark(Phase::ConfigParsed);
+    if vm.linux_on_pvm {
+        // One line, whatever the log level: the user must know why Linux crawls here.
+        let _ = write!(
+            std::io::stderr(),
+            "ember: warning: /dev/kvm is PVM-based (no VMX/SVM): a Linux guest boots 100-1000x slower than on \
+             hardware KVM, stops where the host cannot emulate it, and its userspace does not run (docs/hosts.md)\r\n"
+        );
+    }
+
+    let runtime = Runtime {
+        console_out: Box::new(FdWriter::stdout()),
+        console_in: Some(libc::STDIN_FILENO),
+        console_in_is_tty: terminal::stdin_is_tty(),
+        timeline: timeline.clone(),
+        measure_guest_memory: timings.is_some(),
+        seccomp: if args.no_seccomp {
+            Seccomp::Off
+        } else {
+            Seccomp::AllThreads
+        },
+    };
+    // The exit code needs these after the build has taken the resolved VM.
+    let facts = exit_code::RunFacts::of(&vm);
+    let vmm = Vmm::build(vm, runtime)?;
+    terminal::enter_raw_mode();
+    let run = vmm.run();
+    terminal::restore();
+    let run = run?;
+    timeline.mark(Phase::VmTornDown);
+    let _ = std::io::stdout().flush();
+    let code = exit_code::for_outcome(&run.outcome, &facts, flavour);
+    if let (Some(out), Some(started)) = (timings, started) {
+        timeline.mark(Phase::ProcessExit);
+        let (cpu, peak_rss) = report::own_usage();
+        let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes);
+        out.write(&r)?;
+    }
+    code
+}
+
+/// Where `--timings` goes.
+enum TimingsOutput {
+    /// A table on stderr.
+    Table,
+    /// JSON on stderr.
+    JsonStderr,
+    /// JSON into a file, created before the VM starts so a bad path fails early.
+    JsonFile(PathBuf, File),
+}
+
+impl TimingsOutput {
+    fn parse(value: &str) -> Result<Self, Failure> {
+        Ok(match value {
+            "table" => TimingsOutput::Table,
+            "json" => TimingsOutput::JsonStderr,
+            path => {
+                let path = PathBuf::from(path);
+                let file = File::create(&path).map_err(|e| Failure {
+                    code: exit_code::BAD_INPUT,
+                    message: format!(
+                        "--timings={}: cannot create it ({e}): pass a writable file path, `json` or `table`",
+                        path.display()
+                    ),
+                })?;
+                TimingsOutput::JsonFile(path, file)
+            }
+        })
+    }
+
+    fn write(self, r: &Report) -> Result<(), Failure> {
+        match self {
+            // A closed stderr loses the report; it must not panic.
+            TimingsOutput::Table => {
+                let _ = write!(std::io::stderr(), "{}", r.table());
+            }
+            TimingsOutput::JsonStderr => {
+                let _ = writeln!(std::io::stderr(), "{}", r.json());
+            }
+            TimingsOutput::JsonFile(path, mut file) => {
+                file.write_all(r.json().as_bytes())
+                    .and_then(|_| file.write_all(b"\n"))
+                    .map_err(|e| Failure {
+                        code: exit_code::HOST_ERROR,
+                        message: format!("--timings={}: cannot write it: {e}", path.display()),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}

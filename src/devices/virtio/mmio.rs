@@ -1,0 +1,479 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2.2): the register page a
+//! driver finds at the address the command line (or the DSDT) names. It negotiates features,
+//! records where the driver put each queue, and hands the queues to the device at DRIVER_OK,
+//! after checking that they lie in guest memory. Registers are 32-bit; any other access is
+//! ignored (writes) or reads zero. The configuration space from 0x100 is the device's.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Active, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::bus::BusDevice;
+
+/// "virt", little-endian.
+const MAGIC: u32 = 0x7472_6976;
+/// The transport version without legacy registers.
+const VERSION: u32 = 2;
+/// ember's vendor id, "EMBR".
+const VENDOR_ID: u32 = 0x5242_4d45;
+/// Where the device's configuration space starts.
+pub const CONFIG_SPACE: u64 = 0x100;
+/// The size of a device's register window.
+pub const WINDOW_SIZE: u64 = 0x1000;
+/// The offset of QUEUE_NOTIFY, where the ioeventfds sit.
+pub const QUEUE_NOTIFY: u64 = 0x50;
+
+/// Device status bits (virtio 1.2, 2.1).
+#[cfg(test)]
+const S_ACKNOWLEDGE: u32 = 1;
+const S_DRIVER: u32 = 2;
+const S_DRIVER_OK: u32 = 4;
+const S_FEATURES_OK: u32 = 8;
+const S_NEEDS_RESET: u32 = 64;
+
+/// A virtio device and its MMIO transport state.
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<Interrupt>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    active: bool,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// `device` behind a transport over `mem`, raising `interrupt`; `queue_evts` (one per
+    /// queue) are what the guest's queue notifications signal.
+    pub fn new(
+        device: D,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queue_evts: Vec<EventFd>,
+    ) -> Self {
+        let queues = Self::fresh_queues(&device);
+        Self {
+            device,
+            mem,
+            queues,
+            queue_evts,
+            interrupt,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            queue_sel: 0,
+            active: false,
+        }
+    }
+
+    fn fresh_queues(device: &D) -> Vec<Queue> {
+        device
+            .queue_max_sizes()
+            .iter()
+            // Sizes are powers of two no larger than 32768, which Queue::new accepts.
+            .filter_map(|&max| Queue::new(max).ok())
+            .collect()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, mutably (tests drive it directly).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Whether the driver has set the device going.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn offered(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn selected(&mut self) -> Option<&mut Queue> {
+        // Queues cannot be reconfigured while the device runs.
+        if self.active {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+        }
+        self.active = false;
+        self.queues = Self::fresh_queues(&self.device);
+        self.status = 0;
+        self.acked_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (except by a reset); anything else is ignored.
+        if value & self.status != self.status {
+            return;
+        }
+        let added = value & !self.status;
+        if added & S_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            // A legacy driver: ember has no legacy interface. Leave FEATURES_OK clear, which
+            // tells the driver so.
+            self.status = value & !S_FEATURES_OK;
+            return;
+        }
+        self.status = value;
+        if added & S_DRIVER_OK != 0 && self.status & S_FEATURES_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let usable = self
+            .queues
+            .iter()
+            .all(|q| q.ready() && q.is_valid(&self.mem));
+        if !usable {
+            log::debug!(
+                "virtio device {}: queues not ready or outside guest memory at DRIVER_OK; it needs a reset",
+                self.device.device_type()
+            );
+            self.status |= S_NEEDS_RESET;
+            self.interrupt.raise(super::INT_CONFIG);
+            return;
+        }
+        // The device gets its own copies: the transport keeps what the driver wrote, for its
+        // register reads; a reset starts both over.
+        let queues = self
+            .queues
+            .iter()
+            .filter_map(|q| Queue::try_from(q.state()).ok())
+            .collect();
+        self.device.activate(Active {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            features: self.acked_features,
+        });
+        self.active = true;
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let q = self.queues.get(self.queue_sel as usize);
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => match self.device_features_sel {
+                0 => self.offered() as u32,
+                1 => (self.offered() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map(|q| u32::from(q.max_size())).unwrap_or(0),
+            0x44 => q.map(|q| u32::from(q.ready())).unwrap_or(0),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            // Configuration generation: ember's configuration spaces never change under the
+            // driver.
+            0xfc => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            0x14 => self.device_features_sel = value,
+            0x20 => {
+                // Features are negotiated before FEATURES_OK only, and only offered ones stick.
+                if self.status & (S_DRIVER | S_FEATURES_OK) == S_DRIVER {
+                    let shift = match self.driver_features_sel {
+                        0 => 0,
+                        1 => 32,
+                        _ => return,
+                    };
+                    let bits = (u64::from(value) << shift) & self.offered();
+                    let keep = !(0xffff_ffffu64 << shift);
+                    self.acked_features = (self.acked_features & keep) | bits;
+                }
+            }
+            0x24 => self.driver_features_sel = value,
+            0x30 => self.queue_sel = value,
+            0x38 => {
+                if let Some(q) = self.selected() {
+                    // Queue::set_size refuses sizes that are not powers of two or too big;
+                    // is_valid() at DRIVER_OK then refuses the queue.
+                    q.set_size(value.min(u32::from(u16::MAX)) as u16);
+                }
+            }
+            0x44 => {
+                if let Some(q) = self.selected() {
+                    q.set_ready(value == 1);
+                }
+            }
+            QUEUE_NOTIFY => {
+                // Reached only if the ioeventfd is not there: same effect.
+                if let Some(e) = self.queue_evts.get(value as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(value),
+            0x70 => self.set_status(value),
+            0x80 => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),
+            0x84 => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
+            0x90 => self.with_queue(|q| q.set_avail_ring_address(Some(value), None)),
+            0x94 => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
+            0xa0 => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
+            0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
+            _ => log::trace!("virtio-mmio: write {value:#x} to register {offset:#x} ignored"),
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected() {
+            f(q);
+        }
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        data.fill(0);
+        if data.len() == 4 && offset.is_multiple_of(4) {
+            data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if let Ok(bytes) = <[u8; 4]>::try_from(data)
+            && offset.is_multiple_of(4)
+        {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+            // Drained either way: a notification before the device runs is dropped.
+            let _ = self.queue_evts[q].read();
+            if self.active {
+                self.device.queue_event(q, ops);
+            }
+        } else {
+            self.device.host_event(events, ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for e in &self.queue_evts {
+            if let Err(err) = ops.add(Events::new(e, EventSet::IN)) {
+                log::warn!("virtio: cannot watch a queue eventfd: {err:?}");
+            }
+        }
+        for fd in self.device.host_fds() {
+            if let Err(err) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::warn!("virtio: cannot watch host fd {fd}: {err:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    /// A device that records what the transport tells it.
+    #[derive(Default)]
+    pub struct Probe {
+        pub activated: Option<(usize, u64)>,
+        pub resets: u32,
+        pub events: Vec<usize>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[0xa, 0xb, 0xc, 0xd], offset, data);
+        }
+        fn activate(&mut self, active: Active) {
+            self.activated = Some((active.queues.len(), active.features));
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+            self.activated = None;
+        }
+        fn queue_event(&mut self, queue: usize, _ops: &mut EventOps) {
+            self.events.push(queue);
+        }
+    }
+
+    fn transport() -> MmioTransport<Probe> {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let evts = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        MmioTransport::new(Probe::default(), mem, irq, evts)
+    }
+
+    fn r(t: &mut MmioTransport<Probe>, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(t: &mut MmioTransport<Probe>, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Sets up both queues at sane addresses, as a driver would.
+    fn setup_queues(t: &mut MmioTransport<Probe>) {
+        for q in 0..2u32 {
+            w(t, 0x30, q);
+            w(t, 0x38, 16);
+            let base = 0x1_0000 * (q + 1);
+            w(t, 0x80, base);
+            w(t, 0x90, base + 0x1000);
+            w(t, 0xa0, base + 0x2000);
+            w(t, 0x44, 1);
+        }
+    }
+
+    #[test]
+    fn identity_and_features() {
+        let mut t = transport();
+        assert_eq!(r(&mut t, 0), MAGIC);
+        assert_eq!(r(&mut t, 4), 2);
+        assert_eq!(r(&mut t, 8), 42);
+        assert_eq!(r(&mut t, 0x10), 1 << 3);
+        w(&mut t, 0x14, 1);
+        assert_eq!(r(&mut t, 0x10), 1, "VERSION_1 in the high word");
+        // Config space, any width.
+        let mut d = [0u8; 2];
+        t.read(0x101, &mut d);
+        assert_eq!(d, [0xb, 0xc]);
+        // Odd widths on registers read zero.
+        let mut d = [0xffu8; 2];
+        t.read(0, &mut d);
+        assert_eq!(d, [0, 0]);
+    }
+
+    #[test]
+    fn a_full_handshake_activates_and_a_reset_undoes_it() {
+        let mut t = transport();
+        w(&mut t, 0x70, S_ACKNOWLEDGE);
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER);
+        w(&mut t, 0x24, 1);
+        w(&mut t, 0x20, 1); // VERSION_1
+        w(&mut t, 0x24, 0);
+        w(&mut t, 0x20, 0xffff_ffff); // everything: only the offered bit sticks
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+        assert_ne!(r(&mut t, 0x70) & S_FEATURES_OK, 0);
+        setup_queues(&mut t);
+        w(
+            &mut t,
+            0x70,
+            S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(t.is_active());
+        assert_eq!(t.device().activated, Some((2, VIRTIO_F_VERSION_1 | 1 << 3)));
+        // Queues cannot move while running.
+        w(&mut t, 0x30, 0);
+        w(&mut t, 0x80, 0xdead_0000);
+        assert_eq!(t.queues[0].desc_table(), 0x1_0000);
+        w(&mut t, 0x70, 0);
+        assert!(!t.is_active());
+        assert_eq!(t.device().resets, 1);
+        assert_eq!(r(&mut t, 0x70), 0);
+    }
+
+    #[test]
+    fn a_legacy_driver_or_bad_queues_do_not_activate() {
+        let mut t = transport();
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER);
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(r(&mut t, 0x70) & S_FEATURES_OK, 0, "no VERSION_1, no deal");
+        let mut t = transport();
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER);
+        w(&mut t, 0x24, 1);
+        w(&mut t, 0x20, 1);
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+        // Queue 0 far outside the 1 MiB of guest memory, queue 1 never made ready.
+        w(&mut t, 0x30, 0);
+        w(&mut t, 0x38, 16);
+        w(&mut t, 0x80, 0xffff_0000);
+        w(&mut t, 0x44, 1);
+        w(
+            &mut t,
+            0x70,
+            S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(!t.is_active());
+        assert_ne!(r(&mut t, 0x70) & S_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, 0x60) & super::super::INT_CONFIG, 0);
+        // Clearing bits without a reset is ignored.
+        w(&mut t, 0x70, S_ACKNOWLEDGE);
+        assert_ne!(r(&mut t, 0x70) & S_DRIVER, 0);
+    }
+
+    #[test]
+    fn garbage_registers_are_harmless() {
+        let mut t = transport();
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let off = u64::from(x % 0x120) & !3;
+            w(&mut t, off, x.rotate_left(7));
+            let _ = r(&mut t, off);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! virtio devices on the virtio-mmio transport (version 2): the transport ([`mmio`]), and the
+//! block, network and vsock devices behind it. The split virtqueues are virtio-queue's; each
+//! device walks its descriptor chains through that crate, so a descriptor loop or an address
+//! outside guest memory ends a chain (or fails a request), never the VMM.
+//!
+//! A device's queues are served on the VMM thread, from the event loop: the guest's queue
+//! notifications arrive as ioeventfds, its interrupts leave through an irqfd. The vCPU threads
+//! only touch the transport's registers.
+
+pub mod block;
+pub mod mmio;
+pub mod net;
+pub mod vsock;
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use event_manager::{EventOps, Events};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// The feature bit every ember device offers: a modern (virtio 1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Interrupt status bit: a used ring was updated.
+pub const INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line: the irqfd it raises and the status register the driver reads
+/// and acknowledges.
+pub struct Interrupt {
+    irqfd: EventFd,
+    status: AtomicU32,
+}
+
+impl Interrupt {
+    /// A line raised through `irqfd`.
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            irqfd,
+            status: AtomicU32::new(0),
+        }
+    }
+
+    /// Tells the driver a used ring changed.
+    pub fn signal_used(&self) {
+        self.raise(INT_VRING);
+    }
+
+    /// Sets `bits` in the status register and raises the line.
+    pub fn raise(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        // Fails only when the counter is already at its maximum: the interrupt is pending.
+        let _ = self.irqfd.write(1);
+    }
+
+    /// The status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver's acknowledgement: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// What an activated device works with: guest memory, its queues as the driver set them up,
+/// and its interrupt line.
+pub struct Active {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queues, in the device's order.
+    pub queues: Vec<Queue>,
+    /// The interrupt line.
+    pub interrupt: Arc<Interrupt>,
+    /// The features the driver accepted.
+    pub features: u64,
+}
+
+impl Active {
+    /// Raises the interrupt if queue `q` needs a notification (always, without EVENT_IDX).
+    pub fn notify(&mut self, q: usize) {
+        let needs = self
+            .queues
+            .get_mut(q)
+            .map(|queue| queue.needs_notification(&self.mem).unwrap_or(true))
+            .unwrap_or(false);
+        if needs {
+            self.interrupt.signal_used();
+        }
+    }
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (virtio_ids).
+    fn device_type(&self) -> u32;
+    /// The most descriptors each of its queues may have, one entry per queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features it offers.
+    fn features(&self) -> u64;
+    /// Reads its configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver writes its configuration space (ignored unless the device has writable
+    /// fields).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK: start serving `active`'s queues.
+    fn activate(&mut self, active: Active);
+    /// The driver reset the device: drop the queues, back to the state before activation.
+    fn reset(&mut self);
+    /// Host fds (a TAP, sockets) the event loop should watch for the device from the start.
+    fn host_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// The guest notified queue `queue` (only called once active).
+    fn queue_event(&mut self, queue: usize, ops: &mut EventOps);
+    /// One of the device's host fds is ready (called whether active or not: a device owns its
+    /// host fds and must drain or park them either way).
+    fn host_event(&mut self, _events: Events, _ops: &mut EventOps) {}
+}
+
+/// Copies up to `data.len()` bytes of `config` from `offset` into `data`, zero past its end:
+/// how every device answers configuration reads.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let i = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        i.signal_used();
+        i.raise(INT_CONFIG);
+        assert_eq!(i.status(), INT_VRING | INT_CONFIG);
+        i.ack(INT_VRING);
+        assert_eq!(i.status(), INT_CONFIG);
+        assert_eq!(i.irqfd.read().unwrap(), 2);
+    }
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [9u8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+}

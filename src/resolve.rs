@@ -1,0 +1,286 @@
+//! What a [`VmConfig`] means on this host, worked out once, before any KVM call: the kernel
+//! opened and recognised (the only time its file is opened), the initrd read or generated, the
+//! effective kernel command line, the timeout. The CLI, the tests and any later front end
+//! build VMs through here the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use linux_loader::cmdline::Cmdline;
+
+use crate::arch::x86_64::boot::{BootError, KernelImage};
+use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+use crate::config::{
+    self, ConfigError, DEFAULT_CMDLINE, InitrdChoice, PVM_CMDLINE_EXTRA, PVM_LINUX_TIMEOUT,
+    VmConfig,
+};
+use crate::devices::manager::{self, DeviceSpec, ManagerError, PlacedDevice};
+use crate::initramfs;
+use crate::kvm::HostFlavour;
+
+/// Errors resolving a configuration: all of them bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The kernel is not one ember can boot.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The command line is not one linux-loader accepts.
+    #[error("the kernel command line {0:?} is not valid ({1}): fix --cmdline")]
+    Cmdline(String, linux_loader::cmdline::Error),
+    /// The devices do not fit.
+    #[error(transparent)]
+    Devices(#[from] ManagerError),
+}
+
+/// The initrd to hand the guest.
+pub struct InitrdImage {
+    /// What to call it in messages.
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A configuration made concrete for one host: everything [`crate::vmm::Vmm::build`] needs.
+pub struct ResolvedVm {
+    /// The kernel, opened.
+    pub kernel: KernelImage,
+    /// The initrd, if any.
+    pub initrd: Option<InitrdImage>,
+    /// The kernel command line; devices add their entries to it.
+    pub cmdline: Cmdline,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Stop the guest if it still runs this long after it started.
+    pub timeout: Option<Duration>,
+    /// Whether `timeout` is the PVM default rather than the user's.
+    pub timeout_is_default: bool,
+    /// A Linux kernel on a PVM host: it crawls, and its userspace never runs.
+    pub linux_on_pvm: bool,
+    /// The `--exec` program, whose status becomes ember's.
+    pub exec: Option<PathBuf>,
+    /// The virtio devices, each with its window and interrupt line (and its entry already on
+    /// `cmdline`).
+    pub devices: Vec<PlacedDevice>,
+}
+
+impl ResolvedVm {
+    /// The command line as the guest reads it.
+    pub fn cmdline_text(&self) -> String {
+        self.cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Opens the kernel once, with the same one-line errors as any input file.
+fn open_kernel(path: &std::path::Path) -> Result<KernelImage, ResolveError> {
+    config::check_file_metadata("kernel", path)?;
+    let file = std::fs::File::open(path).map_err(|e| ConfigError::File {
+        what: "kernel",
+        path: path.to_path_buf(),
+        reason: match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "permission denied: make it readable".into(),
+            _ => format!("cannot open it ({e})"),
+        },
+    })?;
+    Ok(KernelImage::new(&path.display().to_string(), file)?)
+}
+
+/// Works out what `config` means on a host of kind `host`.
+pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, ResolveError> {
+    config.validate_except_kernel()?;
+    let kernel = open_kernel(&config.kernel()?)?;
+    let linux_on_pvm = host == HostFlavour::Pvm && kernel.is_linux;
+
+    let read = |what: &'static str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| ConfigError::File {
+            what,
+            path: p.clone(),
+            reason: format!("cannot read it ({e})"),
+        })
+    };
+    let choice = config.boot_source.initrd()?;
+    let initrd = match &choice {
+        // The built-in initramfs is a Linux userspace: a kernel that is not Linux (a tiny
+        // test guest, a unikernel) would only have it copied into its memory for nothing.
+        InitrdChoice::BuiltIn if !kernel.is_linux => None,
+        InitrdChoice::None => None,
+        InitrdChoice::BuiltIn => Some(InitrdImage {
+            name: "built-in initramfs".into(),
+            bytes: initramfs::build(crate::GUEST_INIT, None),
+        }),
+        InitrdChoice::File(p) => Some(InitrdImage {
+            name: p.display().to_string(),
+            bytes: read("initrd", p)?,
+        }),
+        InitrdChoice::Exec { program, args } => {
+            let bytes = read("--exec program", program)?;
+            config::check_static_elf(program, &bytes)?;
+            let argv0 = program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "exec".into());
+            let mut argv = vec![argv0];
+            argv.extend(args.iter().cloned());
+            Some(InitrdImage {
+                name: format!("initramfs for {}", program.display()),
+                bytes: initramfs::build(crate::GUEST_INIT, Some((&bytes, &argv))),
+            })
+        }
+    };
+
+    let text = match &config.boot_source.boot_args {
+        Some(c) => c.clone(),
+        None if linux_on_pvm => format!("{DEFAULT_CMDLINE} {PVM_CMDLINE_EXTRA}"),
+        None => DEFAULT_CMDLINE.to_string(),
+    };
+    let mut cmdline = if text.trim().is_empty() {
+        Cmdline::new(CMDLINE_MAX_SIZE)
+    } else {
+        Cmdline::try_from(&text, CMDLINE_MAX_SIZE)
+    }
+    .map_err(|e| ResolveError::Cmdline(text.clone(), e))?;
+    // The root drive, as Firecracker does it, unless the command line already names a root.
+    if let Some(root) = config.drives.iter().find(|d| d.is_root_device)
+        && !text.split_whitespace().any(|w| w.starts_with("root="))
+    {
+        let mode = if root.is_read_only { "ro" } else { "rw" };
+        cmdline
+            .insert_str(format!("root=/dev/vda {mode}"))
+            .map_err(|e| ResolveError::Cmdline(text.clone(), e))?;
+    }
+
+    // The devices, in the guest's order: their entries go on the command line now.
+    let specs = config
+        .drives
+        .iter()
+        .cloned()
+        .map(DeviceSpec::Block)
+        .chain(
+            config
+                .network_interfaces
+                .iter()
+                .cloned()
+                .map(DeviceSpec::Net),
+        )
+        .chain(config.vsock.iter().cloned().map(DeviceSpec::Vsock))
+        .collect();
+    let devices = manager::plan(specs, &mut cmdline)?;
+
+    // A Linux guest on a PVM host cannot finish (its userspace never runs): bound the run.
+    let (timeout, timeout_is_default) = match config.timeout {
+        Some(t) => ((!t.is_zero()).then_some(t), false),
+        None if linux_on_pvm => (Some(PVM_LINUX_TIMEOUT), true),
+        None => (None, false),
+    };
+    let exec = match choice {
+        InitrdChoice::Exec { program, .. } => Some(program),
+        _ => None,
+    };
+    Ok(ResolvedVm {
+        kernel,
+        initrd,
+        cmdline,
+        vcpus: config.machine_config.vcpu_count,
+        mem_size: config.machine_config.mem_size_mib << 20,
+        timeout,
+        timeout_is_default,
+        linux_on_pvm,
+        exec,
+        devices,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootSource, Drive, Exec};
+
+    fn config_for(kernel: &str) -> VmConfig {
+        VmConfig {
+            boot_source: BootSource {
+                kernel_image_path: Some(kernel.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn not_a_kernel_is_named() {
+        let p = std::env::temp_dir().join(format!("ember-not-a-kernel-{}", std::process::id()));
+        std::fs::write(&p, b"just text").unwrap();
+        let e = resolve(&config_for(p.to_str().unwrap()), HostFlavour::Unknown)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is not an x86_64 ELF vmlinux or bzImage"), "{e}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_non_linux_kernel_gets_no_builtin_initramfs_and_no_pvm_extras() {
+        // ember's test guests are ELF files without a Linux note; ember's own binary is too.
+        let r = resolve(&config_for("/proc/self/exe"), HostFlavour::Pvm).unwrap();
+        assert!(!r.kernel.is_linux);
+        assert!(r.initrd.is_none());
+        assert!(!r.linux_on_pvm);
+        assert_eq!(r.cmdline_text(), DEFAULT_CMDLINE);
+        assert_eq!(r.timeout, None);
+    }
+
+    #[test]
+    fn root_drive_and_timeouts() {
+        let dir = std::env::temp_dir().join(format!("ember-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("root.img");
+        std::fs::write(&img, [0u8; 1024]).unwrap();
+        let mut c = config_for("/proc/self/exe");
+        c.drives.push(Drive {
+            drive_id: "root".into(),
+            path_on_host: img.clone(),
+            is_root_device: true,
+            is_read_only: true,
+        });
+        c.timeout = Some(Duration::ZERO);
+        let r = resolve(&c, HostFlavour::Unknown).unwrap();
+        assert!(
+            r.cmdline_text()
+                .ends_with("root=/dev/vda ro virtio_mmio.device=4K@0xd0000000:5"),
+            "{}",
+            r.cmdline_text()
+        );
+        assert_eq!(r.timeout, None);
+        assert_eq!(r.devices.len(), 1);
+        c.boot_source.boot_args = Some("console=ttyS0 root=/dev/vdb".into());
+        c.timeout = Some(Duration::from_secs(5));
+        let r = resolve(&c, HostFlavour::Unknown).unwrap();
+        assert_eq!(
+            r.cmdline_text(),
+            "console=ttyS0 root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            (r.timeout, r.timeout_is_default),
+            (Some(Duration::from_secs(5)), false)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn exec_program_is_checked_and_packed() {
+        let mut c = config_for("/proc/self/exe");
+        c.boot_source.exec = Some(Exec {
+            program: "/proc/self/exe".into(),
+            args: vec!["a".into()],
+        });
+        // ember itself is dynamically linked: refused, naming the program.
+        let e = resolve(&c, HostFlavour::Unknown).err().unwrap().to_string();
+        assert!(e.contains("dynamically linked"), "{e}");
+    }
+}

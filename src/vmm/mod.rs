@@ -1,0 +1,579 @@
+//! The VMM: builds a VM from a [`ResolvedVm`] and a [`Runtime`] (boot steps 2-7 of
+//! docs/DESIGN.md), then runs it until the guest leaves (steps 8-10) and says how it ended.
+
+pub mod events;
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::arch::x86_64::boot::{self, BootError, EntryPoint};
+use crate::arch::x86_64::{acpi, layout, mptable};
+use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::manager::{DeviceSpec, ManagerError, Registrar};
+use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
+use crate::devices::serial::{
+    COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
+};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{Net, NetError, Tap, default_mac};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+pub use crate::exit::VmOutcome;
+use crate::exit::{ExitReason, ExitSignal, ExitSignalError, classify};
+use crate::kvm::{self, KvmError};
+use crate::memory::{self, MemoryError};
+use crate::resolve::ResolvedVm;
+use crate::seccomp::{self, Role, Seccomp, SeccompError};
+use crate::signals::{self, SignalFd};
+use crate::sync::lock;
+use crate::timing::{Phase, Timeline};
+use crate::vcpu::{StartGate, Vcpu, VcpuControl, VcpuError, VcpuSetup};
+use events::{ConsoleInput, StopEvents};
+
+/// Where the TSS goes (see the layout).
+const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_START as usize;
+/// How long a stopping VMM waits for a vCPU thread to leave before leaving it behind (one
+/// stuck in a host write that no signal interrupts).
+const VCPU_STOP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// KVM could not be opened or lacks something.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel or initrd failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The MP table failed.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// A vCPU failed to set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// More vCPUs than KVM allows.
+    #[error("--vcpus {asked} is more than this host's KVM allows ({max}): use at most {max}")]
+    TooManyVcpus {
+        /// Asked.
+        asked: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// A device could not be placed.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    /// The exit eventfd failed.
+    #[error(transparent)]
+    ExitSignal(#[from] ExitSignalError),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what}: {source}")]
+    VmIoctl {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// A host resource (eventfd, epoll, signalfd, thread) failed.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// A device could not be put in place.
+    #[error(transparent)]
+    Devices(#[from] ManagerError),
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A TAP could not be attached.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+}
+
+/// What a running VM is attached to: not part of its configuration, but of the process that
+/// runs it.
+pub struct Runtime {
+    /// Where guest console output goes.
+    pub console_out: Box<dyn Write + Send>,
+    /// Where console input comes from (a pollable fd), if anywhere.
+    pub console_in: Option<RawFd>,
+    /// Whether console input is a terminal (enables the Ctrl-A x escape).
+    pub console_in_is_tty: bool,
+    /// Where startup phases are stamped.
+    pub timeline: Arc<Timeline>,
+    /// Whether to count the guest's resident memory when it stops (for `--timings`).
+    pub measure_guest_memory: bool,
+    /// Which threads run under a seccomp filter. With [`Seccomp::AllThreads`] the thread that
+    /// calls [`Vmm::run`] stays confined after it returns.
+    pub seccomp: Seccomp,
+}
+
+impl Runtime {
+    /// No console input, output to `out`, a fresh timeline: what a library user or a test
+    /// wants, with `seccomp` as given.
+    pub fn detached(out: Box<dyn Write + Send>, seccomp: Seccomp) -> Self {
+        Self {
+            console_out: out,
+            console_in: None,
+            console_in_is_tty: false,
+            timeline: Arc::new(Timeline::new()),
+            measure_guest_memory: false,
+            seccomp,
+        }
+    }
+}
+
+/// A finished run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRun {
+    /// How it ended.
+    pub outcome: VmOutcome,
+    /// Guest memory resident when the guest stopped (0 unless measured).
+    pub guest_touched_bytes: u64,
+}
+
+/// Pauses, resumes and stops a running VM from any thread.
+#[derive(Clone)]
+pub struct VmHandle {
+    vcpus: Vec<Arc<VcpuControl>>,
+    exit: Arc<ExitSignal>,
+}
+
+impl VmHandle {
+    /// Takes every vCPU out of the guest and holds it there; returns whether all of them
+    /// paused within `limit` (a VM that is stopping does not pause).
+    pub fn pause(&self, limit: Duration) -> bool {
+        self.vcpus.iter().all(|v| v.pause(limit))
+    }
+
+    /// Lets every paused vCPU run again.
+    pub fn resume(&self) {
+        for v in &self.vcpus {
+            v.resume();
+        }
+    }
+
+    /// Stops the VM as a host signal would: `run` returns with [`ExitReason::Signal`].
+    pub fn stop(&self, signal: i32) {
+        self.exit.request(ExitReason::Signal(signal));
+    }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    // Field order is drop order: the memslot thread is waited for first, vCPU fds close
+    // before the VM, the VM before the memory it maps.
+    /// The memslot registration, still under way on its own thread while the rest is built.
+    memslots: JoinOnDrop,
+    vcpus: Vec<Vcpu>,
+    controls: Vec<Arc<VcpuControl>>,
+    events: EventManager<Subscriber>,
+    vm: Arc<VmFd>,
+    _kvm: Kvm,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    console: Arc<Mutex<ConsoleWatch>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    timeout: Option<Duration>,
+    measure_guest_memory: bool,
+    seccomp: Seccomp,
+    /// Startup stamps.
+    pub timeline: Arc<Timeline>,
+    /// How the guest enters.
+    pub entry: EntryPoint,
+}
+
+impl Vmm {
+    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs. Guest memory is
+    /// registered with KVM on a thread of its own meanwhile: that ioctl mostly waits (an SRCU
+    /// grace period), and nothing else here needs it done; [`Vmm::run`] waits for it before
+    /// the first guest instruction.
+    pub fn build(mut vm: ResolvedVm, runtime: Runtime) -> Result<Self, VmmError> {
+        let timeline = runtime.timeline.clone();
+        // Step 2: KVM and its capabilities.
+        let kvm = kvm::open()?;
+        timeline.mark(Phase::KvmReady);
+        let max = kvm::max_vcpus(&kvm);
+        if vm.vcpus > max {
+            return Err(VmmError::TooManyVcpus {
+                asked: vm.vcpus,
+                max,
+            });
+        }
+        // Step 3: the VM, its TSS, in-kernel irqchip and PIT.
+        let vm_err = |what| move |source| VmmError::VmIoctl { what, source };
+        let vm_fd = kvm.create_vm().map_err(vm_err("create the VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(vm_err("set the TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(vm_err("create the irqchip"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config::default())
+            .map_err(vm_err("create the PIT"))?;
+        let vm_fd = Arc::new(vm_fd);
+        timeline.mark(Phase::VmCreated);
+
+        // Step 4: guest memory, mapped here, registered with KVM on its own thread.
+        let mem = memory::create(vm.mem_size)?;
+        let memslots = JoinOnDrop(Some({
+            let (vm_fd, regions, timeline) =
+                (vm_fd.clone(), memory::regions(&mem), timeline.clone());
+            std::thread::Builder::new()
+                .name("memslots".into())
+                .spawn(move || {
+                    memory::register(&vm_fd, &regions)?;
+                    timeline.mark(Phase::MemoryMapped);
+                    Ok(())
+                })
+                .map_err(|source| VmmError::Host {
+                    what: "start the memslot thread",
+                    source,
+                })?
+        }));
+        {
+            // Step 5: devices.
+            let host_err = |what| move |source| VmmError::Host { what, source };
+            let exit = Arc::new(ExitSignal::new(timeline.clone())?);
+            let mut events: EventManager<Subscriber> =
+                EventManager::new().map_err(VmmError::EventLoop)?;
+            let console = Arc::new(Mutex::new(ConsoleWatch::default()));
+            let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
+            vm_fd
+                .register_irqfd(&serial_irq, COM1_IRQ)
+                .map_err(vm_err("register the serial irqfd"))?;
+            let out = ConsoleOut::new(
+                runtime.console_out,
+                timeline.clone(),
+                console.clone(),
+                exit.clone(),
+            );
+            let (serial_dev, fifo_drained) =
+                SerialDevice::new(serial_irq, out).map_err(host_err("serial eventfd"))?;
+            let serial = Arc::new(Mutex::new(serial_dev));
+            events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+                exit.clone(),
+                serial.clone(),
+                fifo_drained,
+                runtime.console_in,
+                runtime.console_in_is_tty,
+            ))));
+            let boot_timer = Arc::new(Mutex::new(BootTimer::new(timeline.clone(), exit.clone())));
+            let mut pio = Bus::new();
+            pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
+            pio.insert(
+                Arc::new(Mutex::new(I8042::new(exit.clone()))),
+                I8042_PORT,
+                I8042_PORT_LEN,
+            )?;
+            pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
+            pio.insert(
+                Arc::new(Mutex::new(Power::new(exit.clone()))),
+                POWER_PORT,
+                POWER_PORT_LEN,
+            )?;
+            let mut mmio = Bus::new();
+            mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
+            let mut registrar = Registrar {
+                vm: &vm_fd,
+                mem: &mem,
+                mmio: &mut mmio,
+                events: &mut events,
+            };
+            for place in &vm.devices {
+                match &place.spec {
+                    DeviceSpec::Block(d) => registrar.register(
+                        Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)?,
+                        place,
+                    )?,
+                    DeviceSpec::Net(n) => {
+                        let mac = match &n.guest_mac {
+                            // Checked when the configuration was validated.
+                            Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
+                            None => default_mac(&n.host_dev_name),
+                        };
+                        registrar.register(Net::new(Tap::open(&n.host_dev_name)?, mac), place)?
+                    }
+                    DeviceSpec::Vsock(v) => registrar
+                        .register(Vsock::new(u64::from(v.guest_cid), &v.uds_path)?, place)?,
+                }
+            }
+
+            // Step 6: kernel, initrd, command line, MP table, ACPI tables, boot parameters.
+            let kernel = boot::load_kernel(&mem, vm.mem_size, &mut vm.kernel)?;
+            let initrd = match &vm.initrd {
+                Some(img) => Some(boot::load_initrd(
+                    &mem,
+                    vm.mem_size,
+                    &kernel,
+                    &img.name,
+                    &img.bytes,
+                )?),
+                None => None,
+            };
+            let cmdline = vm.cmdline_text();
+            boot::write_cmdline(&mem, &cmdline)?;
+            // Both CPU descriptions: the MP table for kernels without ACPI (the project's),
+            // ACPI for those that have it and may lack MP-table support (Debian's cloud kernel).
+            mptable::write(&mem, vm.vcpus)?;
+            let mut described = vec![acpi::AcpiDevice::Serial {
+                port: COM1_PORT as u16,
+                irq: COM1_IRQ,
+            }];
+            described.extend(vm.devices.iter().map(|d| d.acpi()));
+            let rsdp = acpi::write(&mem, vm.vcpus, &described)?;
+            boot::write_boot_params(&mem, vm.mem_size, &kernel, cmdline.len(), initrd, rsdp)?;
+            timeline.mark(Phase::KernelLoaded);
+
+            // Step 7: vCPUs.
+            let supported = kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(vm_err("read KVM's supported CPUID"))?;
+            let setup = VcpuSetup {
+                supported_cpuid: &supported,
+                cpu_count: vm.vcpus,
+                mem: &mem,
+                mem_size: vm.mem_size,
+                entry: kernel.entry,
+            };
+            let vcpus = (0..vm.vcpus)
+                .map(|id| Vcpu::new(&vm_fd, id, &setup))
+                .collect::<Result<Vec<_>, _>>()?;
+            timeline.mark(Phase::VcpusConfigured);
+            let controls = vcpus.iter().map(Vcpu::control).collect();
+            Ok(Self {
+                vcpus,
+                controls,
+                events,
+                vm: vm_fd,
+                _kvm: kvm,
+                mem,
+                memslots,
+                exit,
+                console,
+                pio: Arc::new(pio),
+                mmio: Arc::new(mmio),
+                timeout: vm.timeout,
+                measure_guest_memory: runtime.measure_guest_memory,
+                seccomp: runtime.seccomp,
+                timeline,
+                entry: kernel.entry,
+            })
+        }
+    }
+
+    /// A handle to pause, resume or stop this VM while [`Vmm::run`] runs it.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            vcpus: self.controls.clone(),
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// The VM's KVM file, for device set-up by library users.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Runs the VM until the guest leaves, a vCPU fails, or a signal stops it.
+    pub fn run(mut self) -> Result<VmRun, VmmError> {
+        let host_err = |what| move |source| VmmError::Host { what, source };
+        // Signals become events: block them here (vCPU threads inherit the mask) and read
+        // them from a signalfd in the event loop.
+        let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+            .map_err(host_err("signalfd"))?;
+        signals::register_kick_handler().map_err(host_err("kick signal handler"))?;
+        // Armed now, before this thread's filter (timerfd_create and settime are not in it).
+        let deadline = match self.timeout {
+            Some(after) => {
+                let timer_err = |e: vmm_sys_util::errno::Error| VmmError::Host {
+                    what: "the --timeout timerfd",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                };
+                let mut t = TimerFd::new().map_err(timer_err)?;
+                t.reset(after, None).map_err(timer_err)?;
+                Some((t, after))
+            }
+            None => None,
+        };
+        self.events
+            .add_subscriber(Arc::new(Mutex::new(StopEvents::new(
+                self.exit.clone(),
+                signals,
+                deadline,
+            ))));
+
+        // Both filters are built before any thread starts, so a failure stops nothing.
+        let vcpu_filter = match self.seccomp {
+            Seccomp::Off => None,
+            Seccomp::VcpuThreads | Seccomp::AllThreads => {
+                Some(Arc::new(seccomp::filter(Role::Vcpu)?))
+            }
+        };
+        let vmm_filter = match self.seccomp {
+            Seccomp::AllThreads => Some(seccomp::filter(Role::Vmm)?),
+            Seccomp::Off | Seccomp::VcpuThreads => None,
+        };
+        let gate = Arc::new(StartGate::default());
+        let _backstop = OpenOnLeave {
+            gate: gate.clone(),
+            controls: self.controls.clone(),
+        };
+        let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut started = Ok(());
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.spawn(
+                self.pio.clone(),
+                self.mmio.clone(),
+                self.exit.clone(),
+                gate.clone(),
+                self.timeline.clone(),
+                vcpu_filter.clone(),
+            ) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    started = Err(VmmError::from(e));
+                    break;
+                }
+            }
+        }
+        // This thread's filter goes on last, after the threads it starts and before the
+        // gate lets them into the guest.
+        if let (Ok(()), Some(f)) = (&started, &vmm_filter) {
+            started = seccomp::apply(f, Role::Vmm).map_err(VmmError::from);
+        }
+        // The memslots must be in place before the first guest instruction.
+        if let Some(t) = self.memslots.0.take() {
+            let done = t.join().unwrap_or_else(|_| {
+                Err(MemoryError::Thread(
+                    "the memslot thread panicked".to_string(),
+                ))
+            });
+            if let (Ok(()), Err(e)) = (&started, done) {
+                started = Err(e.into());
+            }
+        }
+        if let Err(e) = started {
+            // The threads already waiting see the stop before entering the guest.
+            for c in &self.controls {
+                c.request_stop();
+            }
+            gate.open();
+            stop_vcpus(&self.controls, handles);
+            return Err(e);
+        }
+        seccomp::self_test(Role::Vmm, vmm_filter.is_some());
+        gate.open();
+
+        let mut loop_result = Ok(());
+        while !self.exit.is_stopping() {
+            if let Err(e) = self.events.run() {
+                loop_result = Err(VmmError::EventLoop(e));
+                self.exit.request(ExitReason::VcpuFailed {
+                    cpu: 0,
+                    what: "event loop failed".into(),
+                });
+            }
+        }
+        stop_vcpus(&self.controls, handles);
+        loop_result?;
+
+        let guest_touched_bytes = if self.measure_guest_memory {
+            memory::resident_bytes(&self.mem)
+        } else {
+            0
+        };
+        let panic = lock(&self.console).panic.clone();
+        let outcome = classify(
+            self.exit.reason().unwrap_or(ExitReason::Reset),
+            panic,
+            self.exit.guest_status(),
+        );
+        Ok(VmRun {
+            outcome,
+            guest_touched_bytes,
+        })
+    }
+}
+
+/// Waits for the memslot thread if the build fails before handing it to the [`Vmm`]: it
+/// holds the VM fd, and the mapping it registers must outlive the ioctl.
+struct JoinOnDrop(Option<JoinHandle<Result<(), MemoryError>>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Stops the vCPU threads and opens the start gate if `run` leaves without having opened it
+/// (an error, or a panic unwinding through a library caller): no vCPU thread waits at the gate
+/// forever.
+struct OpenOnLeave {
+    gate: Arc<StartGate>,
+    controls: Vec<Arc<VcpuControl>>,
+}
+
+impl Drop for OpenOnLeave {
+    fn drop(&mut self) {
+        if !self.gate.is_open() {
+            for c in &self.controls {
+                c.request_stop();
+            }
+            self.gate.open();
+        }
+    }
+}
+
+/// Asks every vCPU thread to stop (once each: `immediate_exit` and one kick), waits for them,
+/// then joins them. A thread that does not stop within [`VCPU_STOP_LIMIT`] (stuck in a host
+/// write) is left behind, detached.
+fn stop_vcpus(controls: &[Arc<VcpuControl>], handles: Vec<JoinHandle<Vcpu>>) {
+    for c in controls {
+        c.request_stop();
+    }
+    let deadline = std::time::Instant::now() + VCPU_STOP_LIMIT;
+    for (c, h) in controls.iter().zip(handles) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if c.wait_stopped(left) {
+            // Dropping the returned vCPU closes its fd here, outside the vCPU's filter.
+            drop(h.join());
+        } else {
+            log::warn!("vCPU {} did not stop in time; leaving it behind", c.id());
+        }
+    }
+}
