@@ -234,6 +234,11 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         "vsock: reading the host side of a stream",
     ),
     (
+        libc::SYS_sendto,
+        "sendto",
+        "checked by argument: no destination address; vsock: writing the host side of a stream (std writes sockets with send and MSG_NOSIGNAL)",
+    ),
+    (
         libc::SYS_shutdown,
         "shutdown",
         "vsock: passing a guest's half-close on to the host side",
@@ -289,6 +294,13 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
         rules.insert(
             libc::SYS_socket,
             vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?]).map_err(err)?],
+        );
+        // send() on a connected stream: never to an address of the caller's choosing.
+        let no_address =
+            SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(err)?;
+        rules.insert(
+            libc::SYS_sendto,
+            vec![SeccompRule::new(vec![no_address]).map_err(err)?],
         );
     }
     // Signals only to threads of this very process: SIGABRT (abort() on its own thread) and,
@@ -369,6 +381,7 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_close => "close",
         libc::SYS_socket => "socket (other than a Unix socket on the VMM thread)",
         libc::SYS_connect => "connect",
+        libc::SYS_sendto => "sendto (with a destination address, or on a vCPU thread)",
         libc::SYS_execve => "execve",
         libc::SYS_fork => "fork",
         libc::SYS_clone => "clone",
@@ -568,6 +581,42 @@ mod tests {
             Some(libc::SIGABRT)
         );
         assert_eq!(child_signal(role, || ()), None);
+    }
+
+    #[test]
+    fn the_vmm_thread_can_serve_a_vsock_stream_but_not_send_to_addresses() {
+        use std::io::{Read, Write};
+        // What the vsock device does with a stream's host side, through std as it does it.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let stream = move || {
+            let (mut a, mut b) = (&a, &b);
+            let mut buf = [0u8; 5];
+            if a.write_all(b"hello").is_err()
+                || b.read_exact(&mut buf).is_err()
+                || a.shutdown(std::net::Shutdown::Write).is_err()
+                || b.read(&mut buf).ok() != Some(0)
+            {
+                // SAFETY: leaving the child at once, with a status the parent sees.
+                unsafe { libc::_exit(1) };
+            }
+        };
+        assert_eq!(child_signal(Role::Vmm, stream), None);
+        let to_an_address = || {
+            // SAFETY: sockaddr_un is plain data.
+            let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            // SAFETY: a sendto with a (bogus) destination; the filter stops it first.
+            unsafe {
+                libc::sendto(
+                    1000,
+                    std::ptr::null(),
+                    0,
+                    0,
+                    &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )
+            };
+        };
+        assert_eq!(child_signal(Role::Vmm, to_an_address), Some(libc::SIGSYS));
     }
 
     #[test]

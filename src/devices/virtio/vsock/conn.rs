@@ -45,6 +45,9 @@ pub struct Conn {
     /// Guest bytes the host side could not take yet (at most `CONN_BUF_ALLOC`, which the
     /// guest's credit keeps it to).
     pub pending_to_host: VecDeque<u8>,
+    /// How many bytes at the front of `pending_to_host` are ember's own (the `OK` line), not
+    /// the guest's: they must not count in `fwd_cnt`, or the guest's credit arithmetic breaks.
+    own_pending: usize,
     /// Host bytes read but not yet in a guest buffer.
     pub pending_to_guest: Vec<u8>,
     /// The host side has more to read (as far as ember knows).
@@ -82,6 +85,7 @@ impl Conn {
             fwd_cnt: Wrapping(0),
             fwd_cnt_sent: Wrapping(0),
             pending_to_host: VecDeque::new(),
+            own_pending: 0,
             pending_to_guest: Vec::new(),
             host_readable: false,
             host_eof: false,
@@ -131,6 +135,23 @@ impl Conn {
         true
     }
 
+    /// Hands ember's own bytes (the `OK <port>` line of Firecracker's protocol) to the host
+    /// side, ahead of any guest bytes and without counting them as forwarded: the guest sent
+    /// none of them, and a `fwd_cnt` above what it sent makes a Linux guest see no credit.
+    pub fn send_own_to_host(&mut self, line: &[u8]) -> bool {
+        if self.pending_to_host.len() > self.own_pending {
+            // Guest bytes already wait: the line would land behind them. Never happens in
+            // the protocol (the line is the stream's first byte), so it is a broken stream.
+            return false;
+        }
+        let counted = self.fwd_cnt;
+        let queued = self.pending_to_host.len();
+        let ok = self.send_to_host(line);
+        self.fwd_cnt = counted;
+        self.own_pending += self.pending_to_host.len() - queued;
+        ok
+    }
+
     /// Writes what is queued for the host side; false if it broke.
     pub fn flush_to_host(&mut self) -> bool {
         while !self.pending_to_host.is_empty() {
@@ -139,7 +160,9 @@ impl Conn {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.pending_to_host.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    let own = n.min(self.own_pending);
+                    self.own_pending -= own;
+                    self.fwd_cnt += Wrapping((n - own) as u32);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
@@ -173,6 +196,35 @@ mod tests {
             0,
             "a guest that overdrew gets nothing, not a wrap"
         );
+    }
+
+    #[test]
+    fn embers_own_line_is_not_counted_as_the_guests() {
+        use std::io::{Read, Write};
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut c = Conn::new(a, 1, 2, State::Connecting, true);
+        assert!(c.send_own_to_host(b"OK 1073741824\n"));
+        assert!(c.send_to_host(b"hi"));
+        assert_eq!(c.fwd_cnt, Wrapping(2), "only the guest's two bytes");
+        // The same when the line has to wait behind a full socket.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut filler = a.try_clone().unwrap();
+        while filler.write(&[0u8; 4096]).is_ok() {}
+        let mut c = Conn::new(a, 1, 2, State::Connecting, true);
+        assert!(c.send_own_to_host(b"OK 7\n"));
+        assert!(c.send_to_host(b"hi"));
+        assert_eq!(c.pending_to_host.len(), 7);
+        let mut sink = vec![0u8; 1 << 20];
+        while b.read(&mut sink).is_ok() {}
+        assert!(c.flush_to_host());
+        assert!(c.pending_to_host.is_empty());
+        assert_eq!(c.fwd_cnt, Wrapping(2));
+        // Only ever first: after guest bytes it would be miscounted, so it is refused.
+        c.pending_to_host.extend(b"guest");
+        assert!(!c.send_own_to_host(b"OK 8\n"));
     }
 
     #[test]

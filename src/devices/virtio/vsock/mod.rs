@@ -336,13 +336,14 @@ impl Vsock {
                         });
                     }
                     if c.host_eof && !c.eof_told && c.state == State::Established {
-                        // The host closed: tell the guest, once.
+                        // The host side will send no more: tell the guest, once. It may
+                        // still send (a half-close); the stream ends when it closes too.
                         c.eof_told = true;
                         break Some(Control {
                             host_port: key.0,
                             guest_port: key.1,
                             op: OP_SHUTDOWN,
-                            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+                            flags: SHUTDOWN_SEND,
                         });
                     }
                 }
@@ -359,6 +360,13 @@ impl Vsock {
             if from_control {
                 self.control.pop_front();
             }
+            log::debug!(
+                "vsock: to the guest op {} flags {:#x} host port {} guest port {}",
+                pkt.op,
+                pkt.flags,
+                pkt.host_port,
+                pkt.guest_port
+            );
             let head = chain.head_index();
             let used = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut p) => self.write_packet(&mut p, pkt),
@@ -455,6 +463,14 @@ impl Vsock {
         ops: &mut EventOps,
     ) {
         let key = (p.dst_port(), p.src_port());
+        log::debug!(
+            "vsock: guest op {} flags {:#x} len {} host port {} guest port {}",
+            p.op(),
+            p.flags(),
+            p.len(),
+            key.0,
+            key.1
+        );
         if p.src_cid() != self.cid || p.dst_cid() != HOST_CID || p.type_() != TYPE_STREAM {
             if p.op() != OP_RST {
                 self.queue_control(key.0, key.1, OP_RST, 0);
@@ -470,7 +486,7 @@ impl Vsock {
                 let ok = match self.conns.get_mut(&key) {
                     Some(c) if c.state == State::Connecting && c.host_initiated => {
                         c.state = State::Established;
-                        c.send_to_host(format!("OK {}\n", c.host_port).as_bytes())
+                        c.send_own_to_host(format!("OK {}\n", c.host_port).as_bytes())
                     }
                     _ => false,
                 };
