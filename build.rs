@@ -41,6 +41,11 @@ fn build_guest_init(out: &Path) {
     assert!(status.success(), "building guest/init failed");
     let bin = target_dir.join("x86_64-unknown-linux-gnu/release/ember-init");
     std::fs::copy(&bin, out.join("ember-init")).expect("copy ember-init");
+    // The device tests put it in a guest's root filesystem (as its vsock tool).
+    println!(
+        "cargo:rustc-env=EMBER_GUEST_INIT={}",
+        out.join("ember-init").display()
+    );
 }
 
 /// Assembles (or, for the C ones, compiles freestanding) and links each tests/guests/*.S and

@@ -11,6 +11,7 @@
 mod common;
 
 mod debian;
+mod devices;
 mod exec;
 mod project_kernel;
 mod shell;

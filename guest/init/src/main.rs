@@ -3,6 +3,11 @@
 //! runs the `--exec` program and reports its exit status, and finally reboots, which `reboot=k`
 //! turns into a VM exit.
 //!
+//! The same binary is also a small vsock tool when called `vsock` (the device tests put it in a
+//! guest's root filesystem as /bin/vsock): `vsock connect CID PORT MESSAGE` sends MESSAGE, closes
+//! its sending side and prints the reply; `vsock listen PORT REPLY` takes one connection, prints
+//! what it got and answers REPLY.
+//!
 //! Only std and a few libc calls (declared below; glibc is linked statically) so it builds
 //! offline with nothing but the toolchain.
 
@@ -31,6 +36,103 @@ unsafe extern "C" {
     fn ioperm(from: u64, num: u64, turn_on: i32) -> i32;
     fn reboot(cmd: i32) -> i32;
     fn sync();
+    fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+    fn bind(fd: i32, addr: *const SockaddrVm, len: u32) -> i32;
+    fn listen(fd: i32, backlog: i32) -> i32;
+    fn accept(fd: i32, addr: *mut u8, len: *mut u32) -> i32;
+    fn connect(fd: i32, addr: *const SockaddrVm, len: u32) -> i32;
+    fn shutdown(fd: i32, how: i32) -> i32;
+}
+
+/// `struct sockaddr_vm`.
+#[repr(C)]
+struct SockaddrVm {
+    family: u16,
+    reserved: u16,
+    port: u32,
+    cid: u32,
+    zero: [u8; 4],
+}
+
+const AF_VSOCK: i32 = 40;
+const SOCK_STREAM: i32 = 1;
+const SHUT_WR: i32 = 1;
+/// Any CID: what a listener binds to.
+const VMADDR_CID_ANY: u32 = u32::MAX;
+
+fn vsock_addr(cid: u32, port: u32) -> SockaddrVm {
+    SockaddrVm {
+        family: AF_VSOCK as u16,
+        reserved: 0,
+        port,
+        cid,
+        zero: [0; 4],
+    }
+}
+
+/// A new vsock stream socket, as a File for reading and writing.
+fn vsock_socket() -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket creation.
+    let fd = unsafe { socket(AF_VSOCK, SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// The vsock tool (see the module docs); returns the process exit status.
+fn vsock_tool(args: &[String]) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let size = std::mem::size_of::<SockaddrVm>() as u32;
+    let bad = || std::io::Error::other("usage: vsock connect CID PORT MESSAGE | vsock listen PORT REPLY");
+    let num = |s: Option<&String>| s.and_then(|s| s.parse::<u32>().ok()).ok_or_else(bad);
+    match args.first().map(String::as_str) {
+        Some("connect") => {
+            let (cid, port) = (num(args.get(1))?, num(args.get(2))?);
+            let message = args.get(3).ok_or_else(bad)?;
+            let mut s = vsock_socket()?;
+            let addr = vsock_addr(cid, port);
+            // SAFETY: a live sockaddr_vm of the size given.
+            if unsafe { connect(s.as_raw_fd(), &addr, size) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            s.write_all(message.as_bytes())?;
+            // SAFETY: shutting down the sending side of our own socket.
+            unsafe { shutdown(s.as_raw_fd(), SHUT_WR) };
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            println!("vsock reply: {reply}");
+        }
+        Some("listen") => {
+            let port = num(args.get(1))?;
+            let reply = args.get(2).ok_or_else(bad)?;
+            let l = vsock_socket()?;
+            let addr = vsock_addr(VMADDR_CID_ANY, port);
+            // SAFETY: a live sockaddr_vm of the size given; a listening socket of our own.
+            if unsafe { bind(l.as_raw_fd(), &addr, size) } != 0
+                || unsafe { listen(l.as_raw_fd(), 1) } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            println!("vsock listening on {port}");
+            // SAFETY: accept without the peer's address.
+            let fd = unsafe { accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd that nothing else owns.
+            let mut c = unsafe { std::fs::File::from_raw_fd(fd) };
+            let mut got = String::new();
+            c.read_to_string(&mut got)?;
+            println!("vsock got: {got}");
+            c.write_all(reply.as_bytes())?;
+        }
+        _ => return Err(bad()),
+    }
+    Ok(())
 }
 
 fn mount_fs(fstype: &str, target: &str) {
@@ -129,6 +231,17 @@ fn run_exec() -> u8 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("vsock"))
+    {
+        if let Err(e) = vsock_tool(&args[1..]) {
+            eprintln!("vsock: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // `ember bench` runs this same binary as the container baselines' workload: there it only
     // does the workload, one line on stdout, and exits.
     if std::env::args().nth(1).as_deref() == Some("--workload") {
