@@ -158,9 +158,8 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
 
     // The devices, in the guest's order: their entries go on the command line now.
     let specs = config
-        .drives
-        .iter()
-        .cloned()
+        .drives_in_guest_order()
+        .into_iter()
         .map(DeviceSpec::Block)
         .chain(
             config
@@ -242,6 +241,14 @@ mod tests {
         let img = dir.join("root.img");
         std::fs::write(&img, [0u8; 1024]).unwrap();
         let mut c = config_for("/proc/self/exe");
+        let data = dir.join("data.img");
+        std::fs::write(&data, [0u8; 1024]).unwrap();
+        c.drives.push(Drive {
+            drive_id: "data".into(),
+            path_on_host: data,
+            is_root_device: false,
+            is_read_only: false,
+        });
         c.drives.push(Drive {
             drive_id: "root".into(),
             path_on_host: img.clone(),
@@ -252,18 +259,26 @@ mod tests {
         let r = resolve(&c, HostFlavour::Unknown).unwrap();
         assert!(
             r.cmdline_text()
-                .ends_with("root=/dev/vda ro virtio_mmio.device=4K@0xd0000000:5"),
+                .ends_with("root=/dev/vda ro virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
             "{}",
             r.cmdline_text()
         );
         assert_eq!(r.timeout, None);
-        assert_eq!(r.devices.len(), 1);
+        assert_eq!(
+            c.drives_in_guest_order()
+                .iter()
+                .map(|d| d.drive_id.as_str())
+                .collect::<Vec<_>>(),
+            ["root", "data"],
+            "the root device is vda wherever it is listed"
+        );
+        assert_eq!(r.devices.len(), 2);
         c.boot_source.boot_args = Some("console=ttyS0 root=/dev/vdb".into());
         c.timeout = Some(Duration::from_secs(5));
         let r = resolve(&c, HostFlavour::Unknown).unwrap();
         assert_eq!(
             r.cmdline_text(),
-            "console=ttyS0 root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5"
+            "console=ttyS0 root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
         assert_eq!(
             (r.timeout, r.timeout_is_default),

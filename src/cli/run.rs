@@ -177,6 +177,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         shown.boot_source.kernel_image_path = Some(config.kernel()?);
         shown.boot_source.boot_args = Some(vm.cmdline_text());
         shown.timeout = vm.timeout;
+        shown.drives = config.drives_in_guest_order();
         let text = serde_json::to_string_pretty(&shown).unwrap_or_default();
         let _ = writeln!(std::io::stdout(), "{text}");
         return Ok(0);

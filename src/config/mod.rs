@@ -465,6 +465,15 @@ pub fn host_cpus() -> Option<u32> {
 }
 
 impl VmConfig {
+    /// The drives in the order the guest sees them (vda, vdb, ...): the root device first, as
+    /// Firecracker does, so `root=/dev/vda` names it wherever the file lists it; the others
+    /// keep their order.
+    pub fn drives_in_guest_order(&self) -> Vec<Drive> {
+        let mut drives = self.drives.clone();
+        drives.sort_by_key(|d| !d.is_root_device);
+        drives
+    }
+
     /// Reads a configuration file: JSON, every field known.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError::ConfigFile {

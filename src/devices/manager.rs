@@ -5,8 +5,8 @@
 //! registers an ioeventfd per queue and the irqfd, and hands the device to the event loop.
 //!
 //! Planning needs no KVM, so `ember run --print-config` shows the same command line the guest
-//! gets; the order is the configuration's: drives (vda, vdb, ...), then network interfaces
-//! (eth0, ...), then vsock.
+//! gets; the order is the guest's: drives (the root device first as vda, then the others in
+//! the configuration's order), then network interfaces (eth0, ...), then vsock.
 
 use std::sync::{Arc, Mutex};
 
