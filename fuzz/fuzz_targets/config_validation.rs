@@ -12,10 +12,10 @@ fn one_line(e: impl std::fmt::Display) {
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     // As a --config file.
-    if let Ok(c) = serde_json::from_str::<VmConfig>(&text) {
-        if let Err(e) = c.validate() {
-            one_line(e);
-        }
+    if let Ok(c) = serde_json::from_str::<VmConfig>(&text)
+        && let Err(e) = c.validate()
+    {
+        one_line(e);
     }
     // As flag values.
     for r in [

@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let out = w.finish();
     assert_eq!(out.len() % 4, 0);
     assert!(out.starts_with(b"070701"));
-    let args: Vec<String> = data.split(|&b| b == b' ').map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args: Vec<String> = data
+        .split(|&b| b == b' ')
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     let img = build(b"init", Some((data, &args)));
     assert_eq!(img.len() % 4, 0);
 });

@@ -13,14 +13,20 @@ fuzz_target!(|data: &[u8]| {
     }
     MEM.with(|m| {
         let path = std::env::temp_dir().join(format!("ember-fuzz-kernel-{}", std::process::id()));
-        let Ok(mut f) = std::fs::File::create(&path) else { return };
+        let Ok(mut f) = std::fs::File::create(&path) else {
+            return;
+        };
         if f.write_all(data).is_err() {
             return;
         }
         drop(f);
-        let Ok(f) = std::fs::File::open(&path) else { return };
+        let Ok(f) = std::fs::File::open(&path) else {
+            return;
+        };
         // Recognising the image reads its ELF notes too (whether it is Linux).
-        let Ok(mut image) = boot::KernelImage::new("fuzz", f) else { return };
+        let Ok(mut image) = boot::KernelImage::new("fuzz", f) else {
+            return;
+        };
         if let Ok(k) = boot::load_kernel(&m.0, m.1, &mut image) {
             let rd = boot::load_initrd(&m.0, m.1, &k, "fuzz", data).ok();
             let _ = boot::write_boot_params(&m.0, m.1, &k, 16, rd, 0xe_0000);
@@ -34,7 +40,10 @@ mod vm_memory_holder {
     impl Mem {
         pub fn new() -> Self {
             let size = 16u64 << 20;
-            Mem(ember::memory::create(size).expect("16 MiB of guest memory"), size)
+            Mem(
+                ember::memory::create(size).expect("16 MiB of guest memory"),
+                size,
+            )
         }
     }
 }

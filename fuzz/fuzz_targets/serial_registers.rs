@@ -13,15 +13,35 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 fuzz_target!(|data: &[u8]| {
     let timeline = Arc::new(Timeline::new());
-    let Ok(irq) = EventFd::new(EFD_NONBLOCK) else { return };
-    let out = ConsoleOut::new(Box::new(std::io::sink()), timeline.clone(), Default::default());
-    let Ok((mut serial, _drained)) = SerialDevice::new(irq, out) else { return };
-    let Ok(exit) = ExitSignal::new(timeline) else { return };
-    let mut i8042 = I8042::new(Arc::new(exit));
+    let Ok(irq) = EventFd::new(EFD_NONBLOCK) else {
+        return;
+    };
+    let Ok(exit) = ExitSignal::new(timeline.clone()) else {
+        return;
+    };
+    let exit = Arc::new(exit);
+    let out = ConsoleOut::new(
+        Box::new(std::io::sink()),
+        timeline,
+        Default::default(),
+        exit.clone(),
+    );
+    let Ok((mut serial, _drained)) = SerialDevice::new(irq, out) else {
+        return;
+    };
+    let mut i8042 = I8042::new(exit);
     for op in data.chunks(3) {
-        let (off, kind, val) = (op[0], op.get(1).copied().unwrap_or(0), op.get(2).copied().unwrap_or(0));
+        let (off, kind, val) = (
+            op[0],
+            op.get(1).copied().unwrap_or(0),
+            op.get(2).copied().unwrap_or(0),
+        );
         let width = 1 + (kind as usize & 3);
-        let dev: &mut dyn BusDevice = if kind & 0x80 != 0 { &mut i8042 } else { &mut serial };
+        let dev: &mut dyn BusDevice = if kind & 0x80 != 0 {
+            &mut i8042
+        } else {
+            &mut serial
+        };
         if kind & 0x40 != 0 {
             let mut buf = [0u8; 4];
             dev.read(u64::from(off), &mut buf[..width]);
