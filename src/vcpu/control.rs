@@ -235,11 +235,14 @@ mod tests {
         c.request_stop();
         assert!(c.wait_stopped(Duration::from_secs(5)));
         assert!(t.join().unwrap() > 0);
+        // Once the thread has finished, nothing touches its page any more (its fd may be
+        // closed): later requests neither kick nor write immediate_exit.
+        page.immediate_exit = 0;
         assert!(
             !c.pause(Duration::from_millis(1)),
             "a stopped vCPU cannot pause"
         );
-        // The thread cleared immediate_exit on its way through and dropped the page.
+        c.request_stop();
         assert_eq!(page.immediate_exit, 0);
     }
 
