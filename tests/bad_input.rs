@@ -323,13 +323,13 @@ fn no_dev_kvm() {
 }
 
 #[test]
-fn no_permission_on_dev_kvm_or_kernel() {
+fn no_permission_on_dev_kvm_kernel_or_disk() {
     // As an unprivileged user, /dev/kvm (0600 root here) cannot be opened, and a root-only
     // kernel file cannot be read.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         skip(
-            "no_permission_on_dev_kvm_or_kernel",
+            "no_permission_on_dev_kvm_kernel_or_disk",
             "needs root to switch to an unprivileged user",
         );
         return;
@@ -338,7 +338,7 @@ fn no_permission_on_dev_kvm_or_kernel() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7);
     if mode.unwrap_or(0) != 0 {
         skip(
-            "no_permission_on_dev_kvm_or_kernel",
+            "no_permission_on_dev_kvm_kernel_or_disk",
             "/dev/kvm is open to every user on this host",
         );
         return;
@@ -368,6 +368,34 @@ fn no_permission_on_dev_kvm_or_kernel() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
     assert!(err.contains("permission denied"), "{err}");
+
+    // Disks are checked before /dev/kvm is opened: an unreadable one, and a read-only file
+    // given as a writable disk.
+    let kernel = kernel.to_str().unwrap();
+    let secret_disk = scratch("root-only.img", &[0u8; 4096]);
+    std::fs::set_permissions(
+        &secret_disk,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let readable_disk = scratch("read-only.img", &[0u8; 4096]);
+    std::fs::set_permissions(
+        &readable_disk,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    for (disk, needle) in [
+        (
+            format!("{},ro", secret_disk.display()),
+            "permission denied: make it readable",
+        ),
+        (readable_disk.display().to_string(), "not writable"),
+    ] {
+        let o = as_nobody(&["run", "--kernel", kernel, "--no-initrd", "--disk", &disk]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
+        assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
+    }
 }
 
 #[test]
