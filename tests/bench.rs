@@ -59,6 +59,8 @@ fn short_bench_writes_parseable_results() {
     );
     assert!((ember["ratio_total_to_ember"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     assert!(!ember["phase_medians_ns"].as_array().unwrap().is_empty());
+    // A VM costs the host CPU time: the report must show some, next to the wall clock.
+    assert!(ember["cpu"]["median_ns"].as_f64().unwrap() > 0.0, "{ember}");
     for name in baselines.split(',') {
         let s = by_name(name);
         assert!(s["skipped"].is_null(), "{name} was skipped: {s}");
@@ -66,7 +68,7 @@ fn short_bench_writes_parseable_results() {
         assert!(s["ratio_total_to_ember"].as_f64().unwrap() > 0.0);
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns\n"));
+    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns,cpu_ns\n"));
     assert_eq!(csv.lines().filter(|l| l.starts_with("ember,")).count(), 3);
     let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
     assert!(

@@ -258,6 +258,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         }
         let v = &samples[i];
         let total = Summary::of(&v.iter().map(|x| x.total_ns as f64).collect::<Vec<_>>());
+        let cpu = Summary::of(&v.iter().map(|x| x.cpu_ns as f64).collect::<Vec<_>>());
         let ttw = Summary::of(
             &v.iter()
                 .filter_map(|x| x.to_workload_ns.map(|t| t as f64))
@@ -270,6 +271,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             ratio_to_workload_to_ember: ttw.zip(ember_ttw).map(|(t, e)| t.median_ns / e),
             to_workload: ttw,
             total,
+            cpu,
             phase_medians_ns: if s.is_ember {
                 phase_medians(v)
             } else {
@@ -284,6 +286,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             skipped: Some(reason),
             to_workload: None,
             total: None,
+            cpu: None,
             ratio_total_to_ember: None,
             ratio_to_workload_to_ember: None,
             phase_medians_ns: Vec::new(),
@@ -386,6 +389,7 @@ mod tests {
         let s = |a: u64, b: u64| Sample {
             to_workload_ns: None,
             total_ns: 0,
+            cpu_ns: 0,
             phases: vec![
                 ("process_start".into(), 0),
                 ("config_parsed".into(), a),

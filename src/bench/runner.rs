@@ -1,6 +1,9 @@
 //! Timing one run the way a user would see it: a fresh process, wall clock from just before
 //! the spawn to its first byte on stdout (time to workload) and to its exit (whole process),
-//! with a blocking wait so nothing rounds the exit up.
+//! with a blocking wait so nothing rounds the exit up. The same wait (`wait4`) gives the CPU
+//! time the run cost the host: the process's own and that of the descendants it waited for,
+//! so a cost moved off the wall clock (onto another thread or a later moment in the process)
+//! still shows. Work a daemon does for its client (dockerd, containerd) is not in it.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -15,6 +18,8 @@ pub struct Sample {
     pub to_workload_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
+    /// CPU time, user and system, of the process and the descendants it waited for.
+    pub cpu_ns: u64,
     /// ember only: each phase's delta from its `--timings` JSON.
     pub phases: Vec<(String, u64)>,
 }
@@ -53,7 +58,7 @@ pub fn measure(
             }
         }
     }
-    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let (status, cpu_ns) = wait_with_cpu(&mut child)?;
     let t_end = monotonic_ns();
     let stderr = err_reader.join().unwrap_or_default();
     if !status.success() {
@@ -68,6 +73,7 @@ pub fn measure(
     let mut sample = Sample {
         to_workload_ns: first_byte.map(|t| t - t0),
         total_ns: t_end - t0,
+        cpu_ns,
         phases: Vec::new(),
     };
     if subject.is_ember {
@@ -88,4 +94,32 @@ pub fn measure(
             .collect();
     }
     Ok(sample)
+}
+
+/// Waits for `child` like `Child::wait`, also returning its CPU time (user + system, its
+/// waited-for descendants included) from `wait4`.
+fn wait_with_cpu(
+    child: &mut std::process::Child,
+) -> Result<(std::process::ExitStatus, u64), String> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = i32::try_from(child.id()).map_err(|_| "wait: pid out of range".to_string())?;
+    let mut raw = 0;
+    // SAFETY: rusage is plain data that wait4 fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child, with live out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut raw, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait: {e}"));
+        }
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    Ok((
+        std::process::ExitStatus::from_raw(raw),
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+    ))
 }
