@@ -118,16 +118,33 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
     total
 }
 
-/// Total physical memory of the host in bytes (MemTotal), if readable.
+/// Total physical memory of the host in bytes (MemTotal), from sysinfo(2): one system call
+/// on the boot path instead of opening and parsing /proc/meminfo.
 pub fn host_mem_total() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    // SAFETY: sysinfo is plain data, filled by the call.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: a live sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    info.totalram.checked_mul(u64::from(info.mem_unit.max(1)))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_mem_total_is_memtotal() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(super::host_mem_total(), Some(kib * 1024));
+    }
+
     use super::*;
 
     #[test]

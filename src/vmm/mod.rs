@@ -192,7 +192,9 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 /// A built VM, ready to run.
 pub struct Vmm {
     // Field order is drop order: the memslot thread is waited for first, vCPU fds close
-    // before the VM, the VM before the memory it maps.
+    // before the VM, the VM before the memory it maps. Measured on a PVM host (tiny guest,
+    // 15 runs each): closing the VM fd is the whole teardown (3.1 ms median, up to 16), and
+    // unmapping guest memory first makes it slower (4.2 ms, plus 0.2 for the unmap).
     /// The memslot registration, still under way on its own thread while the rest is built.
     memslots: JoinOnDrop,
     vcpus: Vec<Vcpu>,
