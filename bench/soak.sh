@@ -14,7 +14,7 @@ if [ "${1:-}" = --linux ]; then linux=1; shift; fi
 seq_n=${1:-500}
 par_n=${2:-50}
 root=$(cd "$(dirname "$0")/.." && pwd)
-ember=${EMBER:-$root/target/release/ember}
+ember=${EMBER:-$root/target/x86_64-unknown-linux-gnu/release/ember}
 [ -x "$ember" ] || { echo "soak.sh: build first: cargo build --release" >&2; exit 2; }
 if [ "$linux" = 1 ]; then
   # On a PVM-based /dev/kvm Linux userspace never runs (docs/hosts.md): nothing to soak.
@@ -27,7 +27,7 @@ if [ "$linux" = 1 ]; then
   boot_args=(--kernel "$guest")
   expect="Hello from ember: Linux"
 else
-  guest=${GUEST:-$(ls -td "$root"/target/release/build/ember-*/out/guests 2>/dev/null | head -1)/hello64}
+  guest=${GUEST:-$(ls -td "$root"/target/x86_64-unknown-linux-gnu/release/build/ember-*/out/guests 2>/dev/null | head -1)/hello64}
   [ -f "$guest" ] || { echo "soak.sh: build first: cargo build --release" >&2; exit 2; }
   boot_args=(--kernel "$guest" --no-initrd)
   expect="boot_params ok"

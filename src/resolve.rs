@@ -290,12 +290,23 @@ mod tests {
     #[test]
     fn exec_program_is_checked_and_packed() {
         let mut c = config_for("/proc/self/exe");
+        // Debian's /bin/true is dynamically linked: refused, naming the program.
+        c.boot_source.exec = Some(Exec {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+        });
+        let e = resolve(&c, HostFlavour::Unknown).err().unwrap().to_string();
+        assert!(
+            e.contains("dynamically linked") && e.contains("/bin/true"),
+            "{e}"
+        );
+        // This test binary is static-pie, as ember is: packed with its arguments.
         c.boot_source.exec = Some(Exec {
             program: "/proc/self/exe".into(),
             args: vec!["a".into()],
         });
-        // ember itself is dynamically linked: refused, naming the program.
-        let e = resolve(&c, HostFlavour::Unknown).err().unwrap().to_string();
-        assert!(e.contains("dynamically linked"), "{e}");
+        let r = resolve(&c, HostFlavour::Unknown).unwrap();
+        let initrd = r.initrd.expect("an initramfs for --exec");
+        assert!(initrd.bytes.len() > 4096, "{}", initrd.bytes.len());
     }
 }

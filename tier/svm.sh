@@ -8,7 +8,7 @@
 #                                  (tests/linux: every test that SKIPs on PVM) in one L1 boot;
 #                                  exit non-zero on any failure
 #   tier/svm.sh run -- CMD [ARGS]  run one command in L1, e.g. the full boot of the default guest:
-#                                  tier/svm.sh run -- target/release/ember run
+#                                  tier/svm.sh run -- target/x86_64-unknown-linux-gnu/release/ember run
 #
 # Options (before the subcommand): --timeout S (whole L1 run; default 3600 for test, 900 for
 # run), --mem MiB (L1 memory, default 8192, allocated lazily), --cpus N (L1 CPUs, default 1), -v.
