@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use super::*;
@@ -86,40 +86,18 @@ fn read_until(out: &mut impl BufRead, seen: &mut String, needle: &str, stderr: &
     }
 }
 
-/// A file for ember's stderr, so that a failure can show it.
-fn stderr_file(name: &str) -> (PathBuf, Stdio) {
-    let path = scratch(&format!("{name}.stderr"));
-    let file = std::fs::File::create(&path).unwrap();
-    (path, Stdio::from(file))
-}
-
-#[test]
-fn rootfs_on_virtio_blk_keeps_what_the_guest_wrote() {
-    let test = "rootfs_on_virtio_blk_keeps_what_the_guest_wrote";
-    let Some(k) = ready(test) else { return };
-    let img = rootfs(
-        "persist",
-        "if [ -f /data/marker ]; then echo \"found: $(cat /data/marker)\"; \
-         else echo 'first boot'; echo written-by-the-guest > /data/marker; fi",
-    );
-    let args = [
-        "run",
-        "--kernel",
-        &k,
-        "--no-initrd",
-        "--rootfs",
-        img.to_str().unwrap(),
-    ];
-    let first = run(&args, HW_LIMIT);
-    assert_eq!(first.code, Some(0), "{first:?}");
-    assert!(first.stdout.contains("first boot"), "{first:?}");
-    assert!(first.stdout.contains("EXT4-fs (vda)"), "{first:?}");
-    let second = run(&args, HW_LIMIT);
-    assert_eq!(second.code, Some(0), "{second:?}");
-    assert!(
-        second.stdout.contains("found: written-by-the-guest"),
-        "{second:?}"
-    );
+/// Starts ember as `cmd` with no input, its stdout piped back line by line and its stderr in
+/// a file (named after `name`) that a failure can show.
+fn start_ember(mut cmd: Command, name: &str) -> (Child, BufReader<ChildStdout>, PathBuf) {
+    let log = scratch(&format!("{name}.stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out, log)
 }
 
 /// Runs `args` in network namespace `ns`.
@@ -168,30 +146,26 @@ fn eth0_reaches_the_host_over_a_tap_both_ways() {
          ping -c 1 10.0.2.1 && echo guest-ping-ok\n\
          echo ready-for-host\nnc -l -p 6000 > /tmp/got\necho \"from host: $(cat /tmp/got)\"",
     );
-    let (log, log_out) = stderr_file("net");
-    let mut child = in_ns(
-        &ns,
-        &[
-            env!("CARGO_BIN_EXE_ember"),
-            "run",
-            "--kernel",
-            &k,
-            "--no-initrd",
-            "--rootfs",
-            img.to_str().unwrap(),
-            "--net",
-            "tap=tap0,mac=02:00:00:00:00:02",
-            // Ends a silent guest, so the reads below see the end instead of blocking.
-            "--timeout",
-            "180",
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(log_out)
-    .spawn()
-    .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (child, mut out, log) = start_ember(
+        in_ns(
+            &ns,
+            &[
+                env!("CARGO_BIN_EXE_ember"),
+                "run",
+                "--kernel",
+                &k,
+                "--no-initrd",
+                "--rootfs",
+                img.to_str().unwrap(),
+                "--net",
+                "tap=tap0,mac=02:00:00:00:00:02",
+                // Ends a silent guest, so the reads below see the end instead of blocking.
+                "--timeout",
+                "180",
+            ],
+        ),
+        "net",
+    );
     let mut seen = String::new();
     read_until(&mut out, &mut seen, "ready-for-host", &log);
     assert!(seen.contains("guest-ping-ok"), "{seen}");
@@ -248,28 +222,22 @@ fn vsock_carries_a_stream_each_way() {
         "vsock",
         "vsock connect 2 5000 guest-to-host\nvsock listen 6000 guest-reply",
     );
-    let (log, log_out) = stderr_file("vsock");
-    let mut child = ember()
-        .args([
-            "run",
-            "--kernel",
-            &k,
-            "--no-initrd",
-            "--rootfs",
-            img.to_str().unwrap(),
-            "--vsock",
-            &format!("cid=3,uds={}", uds.display()),
-            "--timeout",
-            "180",
-            "--log-level",
-            "debug",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_out)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut cmd = ember();
+    cmd.args([
+        "run",
+        "--kernel",
+        &k,
+        "--no-initrd",
+        "--rootfs",
+        img.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=3,uds={}", uds.display()),
+        "--timeout",
+        "180",
+        "--log-level",
+        "debug",
+    ]);
+    let (child, mut out, log) = start_ember(cmd, "vsock");
     let mut seen = String::new();
     read_until(&mut out, &mut seen, "vsock listening on 6000", &log);
     assert!(seen.contains("vsock reply: host-reply"), "{seen}");
