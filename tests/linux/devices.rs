@@ -100,6 +100,35 @@ fn start_ember(mut cmd: Command, name: &str) -> (Child, BufReader<ChildStdout>, 
     (child, out, log)
 }
 
+#[test]
+fn rootfs_on_virtio_blk_keeps_what_the_guest_wrote() {
+    let test = "rootfs_on_virtio_blk_keeps_what_the_guest_wrote";
+    let Some(k) = ready(test) else { return };
+    let img = rootfs(
+        "persist",
+        "if [ -f /data/marker ]; then echo \"found: $(cat /data/marker)\"; \
+         else echo 'first boot'; echo written-by-the-guest > /data/marker; fi",
+    );
+    let args = [
+        "run",
+        "--kernel",
+        &k,
+        "--no-initrd",
+        "--rootfs",
+        img.to_str().unwrap(),
+    ];
+    let first = run(&args, HW_LIMIT);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(first.stdout.contains("first boot"), "{first:?}");
+    assert!(first.stdout.contains("EXT4-fs (vda)"), "{first:?}");
+    let second = run(&args, HW_LIMIT);
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stdout.contains("found: written-by-the-guest"),
+        "{second:?}"
+    );
+}
+
 /// Runs `args` in network namespace `ns`.
 fn in_ns(ns: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
