@@ -10,8 +10,14 @@
 #   tier/svm.sh run -- CMD [ARGS]  run one command in L1, e.g. the full boot of the default guest:
 #                                  tier/svm.sh run -- target/x86_64-unknown-linux-gnu/release/ember run
 #
-# Options (before the subcommand): --timeout S (whole L1 run; default 3600 for test, 900 for
+# Options (before the subcommand): --timeout S (all L1 runs; default 2400 for test, 900 for
 # run), --mem MiB (L1 memory, default 8192, allocated lazily), --cpus N (L1 CPUs, default 1), -v.
+#
+# L1 writes a heartbeat every 10 s. With none for EMBER_L1_WEDGE_S seconds (default 240) L1
+# has wedged (the emulator's fault, rare: docs/hosts.md): the script prints where L1's CPUs
+# were and its console, stops it, and in test mode boots one more L1, never two, for the tests
+# that had not finished (each test runs in its own test-binary run, so one that had passed is
+# not run again). A test that fails is a failure, never retried.
 #
 # What the emulator gets wrong, and how this script avoids it (docs/hosts.md, "The hardware
 # tier"): with two or more L1 CPUs, QEMU's multi-threaded TCG loses track of an L2 guest's
@@ -49,7 +55,7 @@ done
 mode=${1:-}
 [ $# -gt 0 ] && shift
 case $mode in
-  test) timeout=${timeout:-3600} ;;
+  test) timeout=${timeout:-2400} ;;
   run) [ "${1:-}" = -- ] && shift
        [ $# -gt 0 ] || { say "run needs a command: tier/svm.sh run -- CMD [ARGS]"; exit 2; }
        timeout=${timeout:-900} ;;
@@ -171,6 +177,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 printf '%s\n' "$repo" > "$ctl/repo"
+# L1 writes a heartbeat every 10 s; none for this long means L1 is wedged. The script says
+# the longest gap it saw, so a healthy L1's margin can be read off any run.
+wedge_s=${EMBER_L1_WEDGE_S:-240}
 
 if [ "$mode" = test ]; then
   # Build here (never cargo in L1: everything there is emulated), then find the binary.
@@ -178,7 +187,17 @@ if [ "$mode" = test ]; then
   bin=$(cd "$repo" && cargo test --release --no-run --test linux --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
   [ -x "$bin" ] || { say "cannot build the linux test binary: run cargo test --release --no-run --test linux"; exit 1; }
-  set -- "$bin" --test-threads=1 --color=never "$@"
+  # One test per test-binary run, each finished one recorded in done: if L1 wedges, a second
+  # L1 runs only the tests that had not finished.
+  "$bin" --list --format terse "$@" | sed -n 's/: test$//p' > "$ctl/tests"
+  [ -s "$ctl/tests" ] || { say "no test in tests/linux matches: $*"; exit 1; }
+  : > "$ctl/done"
+  set -- /bin/bash -c '
+    while IFS= read -r t <&3; do
+      cut -d" " -f2- /run/svm-tier/done | grep -qxF "$t" && continue
+      "$0" --test-threads=1 --color=never --exact "$t" < /dev/null
+      echo "$? $t" >> /run/svm-tier/done
+    done 3< /run/svm-tier/tests' "$bin"
 fi
 {
   echo '# written by tier/svm.sh'
@@ -187,6 +206,8 @@ fi
     printf 'export %s=%q\n' "$n" "${!n}"
   done < <(compgen -e)
   printf 'cd %q || exit 125\n' "$PWD"
+  echo "# L1's heartbeat: the host takes ${wedge_s} s without one as a wedged L1."
+  echo '(while :; do date +%s > /run/svm-tier/beat; sleep 10; done) &'
   # A sentinel VM that lives as long as L1: one vCPU whose local APIC stays disabled, so the
   # counts behind KVM's apic_hw_disabled and apic_sw_disabled static keys never return to
   # zero. Otherwise every VM that comes and goes flips those keys, the kernel live-patches its
@@ -218,15 +239,11 @@ qemu=(qemu-system-x86_64 -accel "tcg${EMBER_L1_TCG:+,$EMBER_L1_TCG}" -cpu "${EMB
   -virtfs "local,path=${repo//,/,,},mount_tag=repo,security_model=none,multidevs=remap"
   -monitor "unix:$ctl/monitor,server,nowait")
 [ "$verbose" = 1 ] && say "${qemu[*]}"
-say "booting L1 (QEMU TCG, AMD SVM emulated, ${cpus} CPUs) for: $*"
-start=$(date +%s)
-"${qemu[@]}" < /dev/null &
-qpid=$!
-while kill -0 "$qpid" 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$timeout" ]; do sleep 1; done
-if kill -0 "$qpid" 2>/dev/null; then
-  # Say where L1's CPUs are before stopping it: a wedged L1 is the emulator's problem, and
-  # its instruction pointers are what a report about it needs.
-  say "timed out after ${timeout} s; L1's CPUs were at:"
+
+# Says where L1's CPUs are, then stops L1: a wedged L1 is the emulator's problem, and its
+# instruction pointers and console are what a report about it needs.
+stop_l1() {
+  say "L1's CPUs were at:"
   python3 - "$ctl/monitor" <<'PY' >&2 || true
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(2)
@@ -241,22 +258,81 @@ except OSError: pass
 for line in out.decode(errors="replace").splitlines():
     if line.startswith(("CPU#", "RIP=", "CS =")): print("  " + line)
 PY
-  kill "$qpid"
-  wait "$qpid" 2>/dev/null
+  kill "$qpid" 2>/dev/null || true
+  wait "$qpid" 2>/dev/null || true
   qpid=
   say "the tail of L1's console:"
   tail -n 20 "$ctl/console.log" >&2 || true
-  exit 124
+}
+
+# Boots L1 for cmd.sh and watches it. Returns 0 when L1 ran the command to the end, 124 on the
+# whole run's --timeout, 126 when L1 wedged (no heartbeat for $wedge_s s), 125 when it
+# stopped without a status.
+boot_l1() {
+  local boot_start qrc last now prev=0 gap=0
+  rm -f "$ctl/rc" "$ctl/beat" "$ctl/console.log"
+  say "booting L1 (QEMU TCG, AMD SVM emulated, ${cpus} CPUs) for: $*"
+  boot_start=$(date +%s)
+  "${qemu[@]}" < /dev/null &
+  qpid=$!
+  while kill -0 "$qpid" 2>/dev/null; do
+    sleep 1
+    now=$(date +%s)
+    if [ $(( now - start )) -ge "$timeout" ]; then
+      say "timed out after ${timeout} s"
+      stop_l1
+      return 124
+    fi
+    last=$(stat -c %Y "$ctl/beat" 2>/dev/null || echo "$boot_start")
+    if [ "$last" != "$prev" ]; then
+      [ "$prev" != 0 ] && [ $(( last - prev )) -gt "$gap" ] && gap=$(( last - prev ))
+      prev=$last
+    fi
+    if [ $(( now - last )) -ge "$wedge_s" ] && ! [ -f "$ctl/rc" ]; then
+      say "L1 wedged: no heartbeat from it for ${wedge_s} s (the emulator's fault: docs/hosts.md, \"The hardware tier\")"
+      stop_l1
+      return 126
+    fi
+  done
+  set +e
+  wait "$qpid"
+  qrc=$?
+  set -e
+  qpid=
+  say "L1 ran $(( $(date +%s) - boot_start )) s; its longest heartbeat gap was ${gap} s (wedged at ${wedge_s})"
+  [ -f "$ctl/rc" ] && return 0
+  say "L1 stopped without a status (qemu exit $qrc); the tail of its console:"
+  tail -n 30 "$ctl/console.log" >&2 || true
+  return 125
+}
+
+start=$(date +%s)
+if [ "$mode" = run ]; then
+  set +e; boot_l1 "$@"; brc=$?; set -e
+  [ "$brc" = 0 ] && exit "$(cat "$ctl/rc")"
+  [ "$brc" = 126 ] && exit 124
+  exit "$brc"
 fi
-set +e
-wait "$qpid"
-qrc=$?
-set -e
-qpid=
-say "L1 ran $(( $(date +%s) - start )) s"
-if [ -f "$ctl/rc" ]; then
-  exit "$(cat "$ctl/rc")"
+
+# Test mode: one more L1 for the tests left when L1 wedges, never more.
+tests_left() { grep -vxFf <(cut -d' ' -f2- "$ctl/done") "$ctl/tests" || true; }
+for attempt in 1 2; do
+  left=$(tests_left)
+  if [ -z "$left" ]; then brc=0; break; fi
+  set +e; boot_l1 "$(wc -l <<< "$left") tests of $bin"; brc=$?; set -e
+  [ "$brc" = 126 ] || break
+  left=$(tests_left)
+  say "L1 wedged during ${left%%$'\n'*}; $(wc -l < "$ctl/done") of $(wc -l < "$ctl/tests") tests had finished"
+  [ "$attempt" = 1 ] && [ -n "$left" ] && say "booting a new L1 for the tests left (once only)"
+done
+failed=$(awk '$1 != 0 {print $2}' "$ctl/done")
+left=$(tests_left)
+say "$(awk '$1 == 0' "$ctl/done" | wc -l) of $(wc -l < "$ctl/tests") tests passed in the hardware tier"
+[ -z "$failed" ] || say "failed: $(echo $failed)"
+[ -z "$left" ] || say "not run to the end: $(echo $left)"
+if [ "$brc" != 0 ]; then
+  [ "$brc" = 126 ] && exit 124
+  exit "$brc"
 fi
-say "L1 stopped without a status (qemu exit $qrc); the tail of its console:"
-tail -n 30 "$ctl/console.log" >&2 || true
-exit 125
+[ -z "$failed" ] && [ -z "$left" ] || exit 1
+exit 0
