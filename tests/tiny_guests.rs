@@ -24,6 +24,11 @@ fn boots_32bit_pvh_entry_with_mmio_boot_timer() {
     let o = run_guest("hello_pvh", &["--log-level", "info"]);
     assert!(o.stdout.contains("hello from 32-bit PVH entry"), "{o:?}");
     assert!(o.stdout.contains("start_info ok"), "{o:?}");
+    // The reset is the guest's last instruction: the code after it must never run.
+    assert!(
+        !o.stdout.contains("BAD"),
+        "the vCPU ran on past the reset: {o:?}"
+    );
     assert_eq!(o.code, Some(0), "{o:?}");
     // Firecracker's MMIO boot timer at 0xc0000000 was seen.
     assert!(o.stderr.contains("userspace reached"), "{o:?}");

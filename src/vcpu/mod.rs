@@ -208,10 +208,12 @@ impl Vcpu {
             .map_err(|source| VcpuError::Spawn { cpu: id, source })
     }
 
-    /// The run loop: until a stop is requested or the vCPU cannot go on.
+    /// The run loop: until a stop is requested or the vCPU cannot go on. A device that ends
+    /// the VM (a reset, a power-off, the exit port) does so from this thread: the vCPU must
+    /// not run the guest on past it.
     fn run(&mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
         let id = self.id;
-        while !self.control.stop_requested() {
+        while !self.control.stop_requested() && !exit.is_stopping() {
             let next = match self.fd.run() {
                 Ok(e) => dispatch(e, id, pio, mmio),
                 // A kick (pause, stop) or a signal: ask the control what now.
