@@ -98,7 +98,13 @@ cat <<'INIT'
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 die() { echo "svm-tier L1: $*" > /dev/ttyS1; echo 125 > /root/run/svm-tier/rc 2>/dev/null; sync; poweroff -f; }
-while read -r m; do insmod "/lib/modules/$m.ko" || echo "svm-tier L1: insmod $m failed"; done < /lib/modules/order
+# kvm_amd without its PAUSE intercept: QEMU's TCG ignores the pause filter count and exits
+# to L1 on every PAUSE an L2 guest runs, and both wedged L1s seen (docs/hosts.md, item 7) had
+# their CPU in an L2 guest's pause loop.
+while read -r m; do
+  p=; [ "$m" = kvm_amd ] && p=pause_filter_count=0
+  insmod "/lib/modules/$m.ko" $p || echo "svm-tier L1: insmod $m failed"
+done < /lib/modules/order
 [ -c /dev/kvm ] || die "kvm_amd did not load: no /dev/kvm (is SVM in QEMU's -cpu?)"
 p9="trans=virtio,version=9p2000.L,msize=512000"
 mount -t 9p -o "$p9,ro,cache=loose" hostroot /lower || die "cannot mount the host root over 9p"
