@@ -248,6 +248,16 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         "unlink",
         "removing the vsock socket file when the VM ends",
     ),
+    (
+        libc::SYS_clone,
+        "clone",
+        "checked by argument: only the teardown keeper's flags (CLONE_VM and SIGCHLD); the keeper inherits this filter",
+    ),
+    (
+        libc::SYS_close_range,
+        "close_range",
+        "the teardown keeper closing every fd but the VM's",
+    ),
 ];
 
 /// Every call the filter for `role` allows, with why.
@@ -301,6 +311,14 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
         rules.insert(
             libc::SYS_sendto,
             vec![SeccompRule::new(vec![no_address]).map_err(err)?],
+        );
+        // A process sharing this one's memory and filter, never a thread or a new program.
+        rules.insert(
+            libc::SYS_clone,
+            vec![
+                SeccompRule::new(vec![eq(0, crate::vmm::KEEPER_CLONE_FLAGS as u64)?])
+                    .map_err(err)?,
+            ],
         );
     }
     // Signals only to threads of this very process: SIGABRT (abort() on its own thread) and,
@@ -384,7 +402,7 @@ fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_sendto => "sendto (with a destination address, or on a vCPU thread)",
         libc::SYS_execve => "execve",
         libc::SYS_fork => "fork",
-        libc::SYS_clone => "clone",
+        libc::SYS_clone => "clone (other than the teardown keeper's)",
         libc::SYS_clone3 => "clone3",
         libc::SYS_kill => "kill",
         libc::SYS_getppid => "getppid",

@@ -61,6 +61,14 @@ fn short_bench_writes_parseable_results() {
     assert!(!ember["phase_medians_ns"].as_array().unwrap().is_empty());
     // A VM costs the host CPU time: the report must show some, next to the wall clock.
     assert!(ember["cpu"]["median_ns"].as_f64().unwrap() > 0.0, "{ember}");
+    // ember's teardown keeper outlives it, and the bench reaps it: every ember run ends on the
+    // second clock after its exit; a plain process leaves nothing behind.
+    for x in ember["samples"].as_array().unwrap() {
+        assert!(x["gone_ns"].as_u64() > x["total_ns"].as_u64(), "{x}");
+    }
+    for x in by_name("process")["samples"].as_array().unwrap() {
+        assert_eq!(x["gone_ns"], x["total_ns"], "{x}");
+    }
     for name in baselines.split(',') {
         let s = by_name(name);
         assert!(s["skipped"].is_null(), "{name} was skipped: {s}");
@@ -68,7 +76,7 @@ fn short_bench_writes_parseable_results() {
         assert!(s["ratio_total_to_ember"].as_f64().unwrap() > 0.0);
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns,cpu_ns\n"));
+    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns\n"));
     assert_eq!(csv.lines().filter(|l| l.starts_with("ember,")).count(), 3);
     let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
     assert!(

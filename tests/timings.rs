@@ -36,6 +36,8 @@ fn json_timeline_has_every_phase_in_order() {
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(v["schema"], "ember-timings/1");
     assert_eq!(v["clock"], "CLOCK_MONOTONIC");
+    // `ember run` defers KVM's teardown by default, and the report says so.
+    assert_eq!(v["teardown"], "deferred", "{v}");
     let phases = v["phases"].as_array().unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
     let at = |n: &str| names.iter().position(|&x| x == n);

@@ -141,6 +141,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         source,
     };
     let flavour = HostFlavour::detect();
+    if !runner::adopt_orphans() {
+        log::warn!("cannot become a child subreaper: what a run leaves behind goes uncounted");
+    }
     let exe = std::env::current_exe().map_err(BenchError::Exe)?;
     let rootfs = subjects::make_rootfs(&out).map_err(out_err)?;
 
@@ -259,6 +262,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         let v = &samples[i];
         let total = Summary::of(&v.iter().map(|x| x.total_ns as f64).collect::<Vec<_>>());
         let cpu = Summary::of(&v.iter().map(|x| x.cpu_ns as f64).collect::<Vec<_>>());
+        let gone = Summary::of(&v.iter().map(|x| x.gone_ns as f64).collect::<Vec<_>>());
         let ttw = Summary::of(
             &v.iter()
                 .filter_map(|x| x.to_workload_ns.map(|t| t as f64))
@@ -271,6 +275,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             ratio_to_workload_to_ember: ttw.zip(ember_ttw).map(|(t, e)| t.median_ns / e),
             to_workload: ttw,
             total,
+            gone,
             cpu,
             phase_medians_ns: if s.is_ember {
                 phase_medians(v)
@@ -286,6 +291,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             skipped: Some(reason),
             to_workload: None,
             total: None,
+            gone: None,
             cpu: None,
             ratio_total_to_ember: None,
             ratio_to_workload_to_ember: None,
@@ -389,6 +395,7 @@ mod tests {
         let s = |a: u64, b: u64| Sample {
             to_workload_ns: None,
             total_ns: 0,
+            gone_ns: 0,
             cpu_ns: 0,
             phases: vec![
                 ("process_start".into(), 0),

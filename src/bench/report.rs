@@ -20,7 +20,11 @@ pub struct SubjectResult {
     pub to_workload: Option<Summary>,
     /// Exec to exit.
     pub total: Option<Summary>,
-    /// Host CPU time per run (user + system, the process and the descendants it waited for).
+    /// Exec to the end of the last process the run left behind (ember's teardown keeper: the
+    /// VM destroyed); the same as `total` for a run that leaves none.
+    pub gone: Option<Summary>,
+    /// Host CPU time per run (user + system: the process, the descendants it waited for and
+    /// those it left behind).
     pub cpu: Option<Summary>,
     /// This subject's median exec-to-exit over ember's.
     pub ratio_total_to_ember: Option<f64>,
@@ -39,6 +43,8 @@ pub struct SampleOut {
     pub to_workload_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
+    /// Exec to the end of what the run left behind.
+    pub gone_ns: u64,
     /// CPU time.
     pub cpu_ns: u64,
 }
@@ -48,6 +54,7 @@ impl From<&Sample> for SampleOut {
         SampleOut {
             to_workload_ns: s.to_workload_ns,
             total_ns: s.total_ns,
+            gone_ns: s.gone_ns,
             cpu_ns: s.cpu_ns,
         }
     }
@@ -86,8 +93,8 @@ impl BenchResults {
             self.guest["kernel"].as_str().unwrap_or("?")
         ));
         out.push_str(&format!(
-            "{:<12} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8} | {:>8}\n",
-            "subject", "runs", "ttw med", "ttw p90", "ttw p99", "min", "median", "p90", "p99", "max", "mean", "x ember", "ttw x", "cpu med"
+            "{:<12} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} {:>8} | {:>8} {:>8}\n",
+            "subject", "runs", "ttw med", "ttw p90", "ttw p99", "min", "median", "p90", "p99", "max", "mean", "x ember", "ttw x", "gone med", "cpu med"
         ));
         for s in &self.subjects {
             if let Some(reason) = &s.skipped {
@@ -103,7 +110,7 @@ impl BenchResults {
             };
             let r = |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "{:<12} {:>4} | {:>9} {:>9} {:>9} | {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} | {:>8} {:>8} | {:>8}\n",
+                "{:<12} {:>4} | {:>9} {:>9} {:>9} | {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} | {:>8} {:>8} | {:>8} {:>8}\n",
                 s.name,
                 t.n,
                 f(tw.map(|w| w.median_ns)),
@@ -117,10 +124,11 @@ impl BenchResults {
                 ms(t.mean_ns),
                 r(s.ratio_total_to_ember),
                 r(s.ratio_to_workload_to_ember),
+                f(s.gone.map(|g| g.median_ns)),
                 f(s.cpu.map(|c| c.median_ns)),
             ));
         }
-        out.push_str("times in ms; ttw = exec to workload started; min..mean = exec to exit; x ember = median over ember's; cpu = host CPU time per run (user + system, waited-for children included)\n");
+        out.push_str("times in ms; ttw = exec to workload started; min..mean = exec to exit; x ember = median over ember's; gone = exec to the end of what the run left behind (ember's teardown keeper: the VM destroyed); cpu = host CPU time per run (user + system, waited-for children and what the run left behind included)\n");
         if let Some(e) = self.subjects.iter().find(|s| s.name == "ember") {
             let phases: Vec<String> = e
                 .phase_medians_ns
@@ -141,16 +149,17 @@ impl BenchResults {
             dir.join("results.json"),
             serde_json::to_string_pretty(self)?,
         )?;
-        let mut csv = String::from("subject,run,to_workload_ns,total_ns,cpu_ns\n");
+        let mut csv = String::from("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns\n");
         for s in &self.subjects {
             for (i, x) in s.samples.iter().enumerate() {
                 let ttw = x.to_workload_ns.map(|v| v.to_string()).unwrap_or_default();
                 csv.push_str(&format!(
-                    "{},{},{},{},{}\n",
+                    "{},{},{},{},{},{}\n",
                     s.name,
                     i + 1,
                     ttw,
                     x.total_ns,
+                    x.gone_ns,
                     x.cpu_ns
                 ));
             }

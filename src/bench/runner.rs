@@ -3,7 +3,10 @@
 //! with a blocking wait so nothing rounds the exit up. The same wait (`wait4`) gives the CPU
 //! time the run cost the host: the process's own and that of the descendants it waited for,
 //! so a cost moved off the wall clock (onto another thread or a later moment in the process)
-//! still shows. Work a daemon does for its client (dockerd, containerd) is not in it.
+//! still shows. The bench is a child subreaper: a process the run leaves behind (ember's
+//! teardown keeper) becomes its child when the run's process exits, and is reaped and counted
+//! too, its end on a second clock ("all gone"). Work a daemon does for its client (dockerd,
+//! containerd) is not in it.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -18,7 +21,11 @@ pub struct Sample {
     pub to_workload_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
-    /// CPU time, user and system, of the process and the descendants it waited for.
+    /// Exec to the end of the last process the run left behind (ember's teardown keeper:
+    /// the VM destroyed); `total_ns` when it left none.
+    pub gone_ns: u64,
+    /// CPU time, user and system, of the process, the descendants it waited for and those it
+    /// left behind.
     pub cpu_ns: u64,
     /// ember only: each phase's delta from its `--timings` JSON.
     pub phases: Vec<(String, u64)>,
@@ -60,6 +67,7 @@ pub fn measure(
     }
     let (status, cpu_ns) = wait_with_cpu(&mut child)?;
     let t_end = monotonic_ns();
+    let (left_cpu_ns, t_gone) = reap_left_behind();
     let stderr = err_reader.join().unwrap_or_default();
     if !status.success() {
         let last = stderr
@@ -73,7 +81,8 @@ pub fn measure(
     let mut sample = Sample {
         to_workload_ns: first_byte.map(|t| t - t0),
         total_ns: t_end - t0,
-        cpu_ns,
+        gone_ns: t_gone.unwrap_or(t_end) - t0,
+        cpu_ns: cpu_ns + left_cpu_ns,
         phases: Vec::new(),
     };
     if subject.is_ember {
@@ -94,6 +103,49 @@ pub fn measure(
             .collect();
     }
     Ok(sample)
+}
+
+/// Makes this process a child subreaper, so that what a run leaves behind is reaped and
+/// counted here. Returns whether the kernel took it.
+pub fn adopt_orphans() -> bool {
+    // SAFETY: a flag on this process; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
+}
+
+/// How long a run's leftovers may take to end before the bench stops waiting for them (a
+/// daemon a runtime starts never ends; ember's keeper ends in milliseconds).
+const LEFT_BEHIND_LIMIT_NS: u64 = 2_000_000_000;
+
+/// Reaps the processes the last run left behind (adopted as this subreaper's children when
+/// the run's process exited): their CPU time and when the last one ended, if any did.
+fn reap_left_behind() -> (u64, Option<u64>) {
+    let deadline = monotonic_ns() + LEFT_BEHIND_LIMIT_NS;
+    let (mut cpu, mut last) = (0, None);
+    loop {
+        let mut raw = 0;
+        // SAFETY: rusage is plain data that wait4 fills.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: reaps any child of this process, with live out-pointers.
+        let r = unsafe { libc::wait4(-1, &mut raw, libc::WNOHANG, &mut ru) };
+        if r > 0 {
+            cpu += rusage_ns(&ru);
+            last = Some(monotonic_ns());
+            continue;
+        }
+        // -1 is ECHILD (none left) or EINTR; 0: some still run.
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return (cpu, last);
+        }
+        if monotonic_ns() > deadline {
+            return (cpu, last);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
+}
+
+fn rusage_ns(ru: &libc::rusage) -> u64 {
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Waits for `child` like `Child::wait`, also returning its CPU time (user + system, its
@@ -117,9 +169,5 @@ fn wait_with_cpu(
             return Err(format!("wait: {e}"));
         }
     }
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    Ok((
-        std::process::ExitStatus::from_raw(raw),
-        tv(ru.ru_utime) + tv(ru.ru_stime),
-    ))
+    Ok((std::process::ExitStatus::from_raw(raw), rusage_ns(&ru)))
 }

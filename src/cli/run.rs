@@ -14,7 +14,7 @@ use ember::seccomp::Seccomp;
 use ember::terminal;
 use ember::timing::report::{self, Report};
 use ember::timing::{Phase, Timeline, process_start};
-use ember::vmm::{Runtime, Vmm};
+use ember::vmm::{Runtime, Teardown, Vmm};
 
 use super::{Failure, exit_code};
 
@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// threads that handle guest-controlled input unconfined; for debugging ember only.
     #[arg(long)]
     no_seccomp: bool,
+    /// When KVM destroys the VM (milliseconds of the host's time): `deferred` hands it to a
+    /// short-lived process that holds only the VM and finishes it after ember has exited, so
+    /// the exit status comes that much sooner; `inline` before ember exits.
+    #[arg(long, value_name = "deferred|inline", default_value = "deferred", value_parser = parse_teardown)]
+    teardown: Teardown,
     /// Arguments for the --exec program.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -92,6 +97,14 @@ pub struct RunArgs {
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse()
         .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
+}
+
+fn parse_teardown(s: &str) -> Result<Teardown, String> {
+    match s {
+        "deferred" => Ok(Teardown::AfterExit),
+        "inline" => Ok(Teardown::Inline),
+        _ => Err(format!("unknown teardown {s:?}: use deferred or inline")),
+    }
 }
 
 impl RunArgs {
@@ -203,6 +216,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         } else {
             Seccomp::AllThreads
         },
+        teardown: args.teardown,
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
@@ -217,7 +231,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
-        let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes);
+        let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes)
+            .with_teardown_deferred(run.teardown_deferred);
         out.write(&r)?;
     }
     code

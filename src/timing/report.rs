@@ -66,6 +66,9 @@ pub struct Report {
     pub cpu: Cpu,
     /// Memory.
     pub memory: Memory,
+    /// `inline`, or `deferred`: KVM destroys the VM after the process exits, in the teardown
+    /// keeper, so `vm_torn_down` is only ember's own share.
+    pub teardown: &'static str,
 }
 
 impl Report {
@@ -120,7 +123,14 @@ impl Report {
                 guest_touched_bytes,
                 overhead_bytes: peak_rss_bytes.saturating_sub(guest_touched_bytes),
             },
+            teardown: "inline",
         }
+    }
+
+    /// Marks the teardown as deferred to the keeper (see [`Report::teardown`]).
+    pub fn with_teardown_deferred(mut self, deferred: bool) -> Self {
+        self.teardown = if deferred { "deferred" } else { "inline" };
+        self
     }
 
     /// The table for people; lines end in "\n".
@@ -153,6 +163,9 @@ impl Report {
             mib(self.memory.guest_touched_bytes),
             mib(self.memory.overhead_bytes)
         ));
+        if self.teardown == "deferred" {
+            out.push_str("  teardown deferred: vm_torn_down is ember's share; KVM destroys the VM after ember exits\n");
+        }
         out
     }
 

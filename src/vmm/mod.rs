@@ -2,9 +2,13 @@
 //! docs/DESIGN.md), then runs it until the guest leaves (steps 8-10) and says how it ended.
 
 pub mod events;
+mod teardown;
+
+pub(crate) use teardown::KEEPER_CLONE_FLAGS;
+pub use teardown::Teardown;
 
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -134,6 +138,9 @@ pub struct Runtime {
     /// Which threads run under a seccomp filter. With [`Seccomp::AllThreads`] the thread that
     /// calls [`Vmm::run`] stays confined after it returns.
     pub seccomp: Seccomp,
+    /// When KVM's share of the teardown happens: [`Teardown::AfterExit`] only for a process
+    /// that exits once [`Vmm::run`] returns.
+    pub teardown: Teardown,
 }
 
 impl Runtime {
@@ -147,6 +154,7 @@ impl Runtime {
             timeline: Arc::new(Timeline::new()),
             measure_guest_memory: false,
             seccomp,
+            teardown: Teardown::Inline,
         }
     }
 }
@@ -158,6 +166,8 @@ pub struct VmRun {
     pub outcome: VmOutcome,
     /// Guest memory resident when the guest stopped (0 unless measured).
     pub guest_touched_bytes: u64,
+    /// Whether KVM's teardown was handed to a keeper that ends after this process.
+    pub teardown_deferred: bool,
 }
 
 /// Pauses, resumes and stops a running VM from any thread.
@@ -210,6 +220,7 @@ pub struct Vmm {
     timeout: Option<Duration>,
     measure_guest_memory: bool,
     seccomp: Seccomp,
+    teardown: Teardown,
     /// Startup stamps.
     pub timeline: Arc<Timeline>,
     /// How the guest enters.
@@ -390,6 +401,7 @@ impl Vmm {
                 timeout: vm.timeout,
                 measure_guest_memory: runtime.measure_guest_memory,
                 seccomp: runtime.seccomp,
+                teardown: runtime.teardown,
                 timeline,
                 entry: kernel.entry,
             })
@@ -447,6 +459,14 @@ impl Vmm {
         let vmm_filter = match self.seccomp {
             Seccomp::AllThreads => Some(seccomp::filter(Role::Vmm)?),
             Seccomp::Off | Seccomp::VcpuThreads => None,
+        };
+        // The keeper's pipe now: the VMM thread's filter has no pipe2. Without it the
+        // teardown simply stays inline.
+        let handoff = match self.teardown {
+            Teardown::AfterExit => teardown::Handoff::prepare()
+                .inspect_err(|e| log::debug!("teardown stays inline: no pipe: {e}"))
+                .ok(),
+            Teardown::Inline => None,
         };
         let gate = Arc::new(StartGate::default());
         let _backstop = OpenOnLeave {
@@ -523,9 +543,24 @@ impl Vmm {
             panic,
             self.exit.guest_status(),
         );
+        // Every vCPU thread has stopped: hand the VM to a keeper, and keep guest memory
+        // mapped (one reference never dropped), so that nothing this process still does
+        // before it exits makes KVM tear down.
+        let teardown_deferred = match handoff.map(|h| h.start(self.vm.as_raw_fd())) {
+            Some(Ok(())) => {
+                std::mem::forget(self.mem.clone());
+                true
+            }
+            Some(Err(e)) => {
+                log::debug!("teardown stays inline: no keeper: {e}");
+                false
+            }
+            None => false,
+        };
         Ok(VmRun {
             outcome,
             guest_touched_bytes,
+            teardown_deferred,
         })
     }
 }
