@@ -35,11 +35,9 @@ fn boot(extra: &[&str]) -> Outcome {
 
 #[test]
 fn a_keeper_outlives_ember_and_ends_by_itself_unless_inline() {
-    // SAFETY: a flag on this process.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    // SAFETY: a flag on this process; no memory is passed.
+    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(subreaper, 0);
     for (how, extra) in [
         ("default (deferred, seccomp on)", &[][..]),
         ("deferred without seccomp", &["--no-seccomp"][..]),
