@@ -18,7 +18,11 @@ fn short_bench_writes_parseable_results() {
         .arg("--version")
         .output()
         .is_ok();
-    let baselines = if crun { "process,crun" } else { "process" };
+    let baselines = if crun {
+        "process,kvm-floor,crun"
+    } else {
+        "process,kvm-floor"
+    };
     if !crun {
         skip(
             "short_bench_writes_parseable_results (crun part)",

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 /// Every baseline `--baselines` accepts, in report order.
 pub const BASELINES: &[&str] = &[
     "process",
+    "kvm-floor",
     "namespaces",
     "crun",
     "runc",
@@ -166,6 +167,16 @@ pub fn baseline(name: &str, dir: &Path, w: &Workload) -> Result<Subject, String>
     let init = w.rootfs.join("init").display().to_string();
     match name {
         "process" => Ok(Subject::new(name, vec![init, "--workload".into()])),
+        "kvm-floor" => {
+            // Built beside ember by `cargo build --release --example kvm_floor` (and by
+            // `cargo test`, which builds the examples).
+            let floor = std::env::current_exe()
+                .ok()
+                .and_then(|e| Some(e.parent()?.join("examples/kvm_floor")))
+                .filter(|p| p.exists())
+                .ok_or("examples/kvm_floor is not built: run cargo build --release --example kvm_floor")?;
+            Ok(Subject::new(name, vec![floor.display().to_string()]))
+        }
         "namespaces" => {
             if !on_path("unshare") {
                 return Err("unshare is not installed (util-linux)".into());

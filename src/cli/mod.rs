@@ -79,12 +79,13 @@ pub struct BenchArgs {
     /// Runs dropped at the start of each block (warm-up).
     #[arg(long, value_name = "W", default_value_t = 1)]
     warmup: usize,
-    /// Baselines, comma-separated: process, namespaces, crun, runc, podman, docker, qemu.
+    /// Baselines, comma-separated: process, kvm-floor (examples/kvm_floor.rs: the least a VMM
+    /// must do), namespaces, crun, runc, podman, docker, qemu.
     #[arg(
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "process,namespaces,crun,runc,podman,docker,qemu"
+        default_value = "process,kvm-floor,namespaces,crun,runc,podman,docker,qemu"
     )]
     baselines: Vec<String>,
     /// A peer VMM to add: NAME='COMMAND {kernel} {initrd}' (run with sh -c); repeatable.
