@@ -18,9 +18,6 @@ pub enum MemoryError {
         /// The error.
         source: vm_memory::mmap::FromRangesError,
     },
-    /// The thread registering the memslots failed.
-    #[error("registering guest memory with KVM: {0}")]
-    Thread(String),
     /// KVM refused a memslot.
     #[error("KVM refused guest memory slot {slot} ({size} bytes at {addr:#x}): {source}")]
     Slot {
@@ -86,8 +83,7 @@ pub fn register(vm: &VmFd, regions: &[Region]) -> Result<(), MemoryError> {
             flags: 0,
         };
         // SAFETY: the host range is a live mapping owned by the VM's GuestMemoryMmap, which
-        // the Vmm keeps alive for as long as the VM fd exists and joins this call before
-        // dropping (see vmm::JoinOnDrop).
+        // the Vmm keeps alive for as long as the VM fd exists (its fields drop the VM first).
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(|source| MemoryError::Slot {
             slot,
             addr: region_desc.guest_phys_addr,

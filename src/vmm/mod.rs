@@ -201,12 +201,10 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    // Field order is drop order: the memslot thread is waited for first, vCPU fds close
-    // before the VM, the VM before the memory it maps. Measured on a PVM host (tiny guest,
-    // 15 runs each): closing the VM fd is the whole teardown (3.1 ms median, up to 16), and
-    // unmapping guest memory first makes it slower (4.2 ms, plus 0.2 for the unmap).
-    /// The memslot registration, still under way on its own thread while the rest is built.
-    memslots: JoinOnDrop,
+    // Field order is drop order: vCPU fds close before the VM, the VM before the memory it
+    // maps. Measured on a PVM host (tiny guest, 15 runs each): closing the VM fd is the whole
+    // teardown (3.1 ms median, up to 16), and unmapping guest memory first makes it slower
+    // (4.2 ms, plus 0.2 for the unmap).
     vcpus: Vec<Vcpu>,
     controls: Vec<Arc<VcpuControl>>,
     events: EventManager<Subscriber>,
@@ -228,10 +226,7 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs. Guest memory is
-    /// registered with KVM on a thread of its own meanwhile: that ioctl mostly waits (an SRCU
-    /// grace period), and nothing else here needs it done; [`Vmm::run`] waits for it before
-    /// the first guest instruction.
+    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs.
     pub fn build(mut vm: ResolvedVm, runtime: Runtime) -> Result<Self, VmmError> {
         let timeline = runtime.timeline.clone();
         // Step 2: KVM and its capabilities.
@@ -244,12 +239,21 @@ impl Vmm {
                 max,
             });
         }
-        // Step 3: the VM, its TSS, in-kernel irqchip and PIT.
+        // Step 3: the VM and its TSS.
         let vm_err = |what| move |source| VmmError::VmIoctl { what, source };
         let vm_fd = kvm.create_vm().map_err(vm_err("create the VM"))?;
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(vm_err("set the TSS address"))?;
+        timeline.mark(Phase::VmCreated);
+
+        // Step 4: guest memory, mapped and registered before the in-kernel irqchip. Measured
+        // on a PVM host (examples/kvm_floor.rs, docs/startup-latency.md): a memslot registered
+        // after KVM_CREATE_IRQCHIP takes 4-12 ms, waiting out an SRCU grace period; before it,
+        // 0.15-0.25 ms, and the irqchip and PIT after it another 0.15-0.25 ms.
+        let mem = memory::create(vm.mem_size)?;
+        memory::register(&vm_fd, &memory::regions(&mem))?;
+        timeline.mark(Phase::MemoryMapped);
         vm_fd
             .create_irq_chip()
             .map_err(vm_err("create the irqchip"))?;
@@ -257,25 +261,6 @@ impl Vmm {
             .create_pit2(kvm_pit_config::default())
             .map_err(vm_err("create the PIT"))?;
         let vm_fd = Arc::new(vm_fd);
-        timeline.mark(Phase::VmCreated);
-
-        // Step 4: guest memory, mapped here, registered with KVM on its own thread.
-        let mem = memory::create(vm.mem_size)?;
-        let memslots = JoinOnDrop(Some({
-            let (vm_fd, regions, timeline) =
-                (vm_fd.clone(), memory::regions(&mem), timeline.clone());
-            std::thread::Builder::new()
-                .name("memslots".into())
-                .spawn(move || {
-                    memory::register(&vm_fd, &regions)?;
-                    timeline.mark(Phase::MemoryMapped);
-                    Ok(())
-                })
-                .map_err(|source| VmmError::Host {
-                    what: "start the memslot thread",
-                    source,
-                })?
-        }));
         {
             // Step 5: devices.
             let host_err = |what| move |source| VmmError::Host { what, source };
@@ -393,7 +378,6 @@ impl Vmm {
                 vm: vm_fd,
                 _kvm: kvm,
                 mem,
-                memslots,
                 exit,
                 console,
                 pio: Arc::new(pio),
@@ -496,17 +480,6 @@ impl Vmm {
         if let (Ok(()), Some(f)) = (&started, &vmm_filter) {
             started = seccomp::apply(f, Role::Vmm).map_err(VmmError::from);
         }
-        // The memslots must be in place before the first guest instruction.
-        if let Some(t) = self.memslots.0.take() {
-            let done = t.join().unwrap_or_else(|_| {
-                Err(MemoryError::Thread(
-                    "the memslot thread panicked".to_string(),
-                ))
-            });
-            if let (Ok(()), Err(e)) = (&started, done) {
-                started = Err(e.into());
-            }
-        }
         if let Err(e) = started {
             // The threads already waiting see the stop before entering the guest.
             for c in &self.controls {
@@ -562,18 +535,6 @@ impl Vmm {
             guest_touched_bytes,
             teardown_deferred,
         })
-    }
-}
-
-/// Waits for the memslot thread if the build fails before handing it to the [`Vmm`]: it
-/// holds the VM fd, and the mapping it registers must outlive the ioctl.
-struct JoinOnDrop(Option<JoinHandle<Result<(), MemoryError>>>);
-
-impl Drop for JoinOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
-        }
     }
 }
 
