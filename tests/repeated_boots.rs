@@ -14,10 +14,30 @@ fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-fn threads() -> usize {
+fn tasks_now() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The thread count once it has settled: a joined thread can still be listed for a moment
+/// (join returns when the thread clears its tid, before the kernel releases the task), and a
+/// leaked thread stays. Settled means no change for 100 ms; 2 s at most.
+fn threads() -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut n = tasks_now();
+    let mut stable_since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let m = tasks_now();
+        if m != n {
+            n = m;
+            stable_since = std::time::Instant::now();
+        } else if stable_since.elapsed() >= std::time::Duration::from_millis(100) {
+            break;
+        }
+    }
+    n
 }
 
 fn rss_kib() -> u64 {
