@@ -26,13 +26,6 @@ fn reap_one(limit: Duration) -> Option<i32> {
     }
 }
 
-fn boot(extra: &[&str]) -> Outcome {
-    let kernel = guest("hello_pvh");
-    let mut args = vec!["run", "--kernel", kernel.to_str().unwrap(), "--no-initrd"];
-    args.extend_from_slice(extra);
-    run(&args, Duration::from_secs(60))
-}
-
 #[test]
 fn a_keeper_outlives_ember_and_ends_by_itself_unless_inline() {
     // SAFETY: a flag on this process; no memory is passed.
@@ -42,7 +35,7 @@ fn a_keeper_outlives_ember_and_ends_by_itself_unless_inline() {
         ("default (deferred, seccomp on)", &[][..]),
         ("deferred without seccomp", &["--no-seccomp"][..]),
     ] {
-        let o = boot(extra);
+        let o = run_guest("hello_pvh", extra);
         assert_eq!(o.code, Some(0), "{how}: {o:?}");
         assert!(o.stdout.contains("start_info ok"), "{how}: {o:?}");
         let status = reap_one(Duration::from_secs(10))
@@ -59,7 +52,7 @@ fn a_keeper_outlives_ember_and_ends_by_itself_unless_inline() {
         );
         assert!(o.stderr.is_empty(), "{how}: {o:?}");
     }
-    let o = boot(&["--teardown", "inline"]);
+    let o = run_guest("hello_pvh", &["--teardown", "inline"]);
     assert_eq!(o.code, Some(0), "{o:?}");
     assert_eq!(
         reap_one(Duration::from_millis(500)),

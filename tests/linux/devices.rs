@@ -13,6 +13,20 @@ use std::time::Instant;
 
 use super::*;
 
+/// `ember run` of the project kernel `k` with `img` as its root on virtio-blk, then `extra`.
+fn on_rootfs<'a>(k: &'a str, img: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--kernel",
+        k,
+        "--no-initrd",
+        "--rootfs",
+        img.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ember-linux-devices-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -109,14 +123,7 @@ fn rootfs_on_virtio_blk_keeps_what_the_guest_wrote() {
         "if [ -f /data/marker ]; then echo \"found: $(cat /data/marker)\"; \
          else echo 'first boot'; echo written-by-the-guest > /data/marker; fi",
     );
-    let args = [
-        "run",
-        "--kernel",
-        &k,
-        "--no-initrd",
-        "--rootfs",
-        img.to_str().unwrap(),
-    ];
+    let args = on_rootfs(&k, &img, &[]);
     let first = run(&args, HW_LIMIT);
     assert_eq!(first.code, Some(0), "{first:?}");
     assert!(first.stdout.contains("first boot"), "{first:?}");
@@ -179,19 +186,21 @@ fn eth0_reaches_the_host_over_a_tap_both_ways() {
         in_ns(
             &ns,
             &[
-                env!("CARGO_BIN_EXE_ember"),
-                "run",
-                "--kernel",
-                &k,
-                "--no-initrd",
-                "--rootfs",
-                img.to_str().unwrap(),
-                "--net",
-                "tap=tap0,mac=02:00:00:00:00:02",
-                // Ends a silent guest, so the reads below see the end instead of blocking.
-                "--timeout",
-                "180",
-            ],
+                &[env!("CARGO_BIN_EXE_ember")][..],
+                &on_rootfs(
+                    &k,
+                    &img,
+                    &[
+                        "--net",
+                        "tap=tap0,mac=02:00:00:00:00:02",
+                        // Ends a silent guest, so the reads below see the end instead of
+                        // blocking.
+                        "--timeout",
+                        "180",
+                    ],
+                ),
+            ]
+            .concat(),
         ),
         "net",
     );
@@ -252,20 +261,19 @@ fn vsock_carries_a_stream_each_way() {
         "vsock connect 2 5000 guest-to-host\nvsock listen 6000 guest-reply",
     );
     let mut cmd = ember();
-    cmd.args([
-        "run",
-        "--kernel",
+    let vsock = format!("cid=3,uds={}", uds.display());
+    cmd.args(on_rootfs(
         &k,
-        "--no-initrd",
-        "--rootfs",
-        img.to_str().unwrap(),
-        "--vsock",
-        &format!("cid=3,uds={}", uds.display()),
-        "--timeout",
-        "180",
-        "--log-level",
-        "debug",
-    ]);
+        &img,
+        &[
+            "--vsock",
+            &vsock,
+            "--timeout",
+            "180",
+            "--log-level",
+            "debug",
+        ],
+    ));
     let (child, mut out, log) = start_ember(cmd, "vsock");
     let mut seen = String::new();
     read_until(&mut out, &mut seen, "vsock listening on 6000", &log);
