@@ -122,19 +122,17 @@ fn reap_left_behind() -> (u64, Option<u64>) {
     let deadline = monotonic_ns() + LEFT_BEHIND_LIMIT_NS;
     let (mut cpu, mut last) = (0, None);
     loop {
-        let mut raw = 0;
-        // SAFETY: rusage is plain data that wait4 fills.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: reaps any child of this process, with live out-pointers.
-        let r = unsafe { libc::wait4(-1, &mut raw, libc::WNOHANG, &mut ru) };
-        if r > 0 {
-            cpu += rusage_ns(&ru);
-            last = Some(monotonic_ns());
-            continue;
-        }
-        // -1 is ECHILD (none left) or EINTR; 0: some still run.
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return (cpu, last);
+        match wait4(-1, libc::WNOHANG) {
+            Ok(Some((_, cpu_ns))) => {
+                cpu += cpu_ns;
+                last = Some(monotonic_ns());
+                continue;
+            }
+            // Some still run.
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // ECHILD: none left.
+            Err(_) => return (cpu, last),
         }
         if monotonic_ns() > deadline {
             return (cpu, last);
@@ -143,31 +141,37 @@ fn reap_left_behind() -> (u64, Option<u64>) {
     }
 }
 
-fn rusage_ns(ru: &libc::rusage) -> u64 {
+/// One `wait4` for `pid` (-1: any child): the reaped child's raw wait status and CPU time
+/// (user + system, its own waited-for descendants included), or None when `WNOHANG` found
+/// none finished.
+fn wait4(pid: i32, flags: i32) -> std::io::Result<Option<(i32, u64)>> {
+    let mut raw = 0;
+    // SAFETY: rusage is plain data that wait4 fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for a child of this process, with live out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut raw, flags, &mut ru) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    Ok((r > 0).then(|| (raw, tv(ru.ru_utime) + tv(ru.ru_stime))))
 }
 
-/// Waits for `child` like `Child::wait`, also returning its CPU time (user + system, its
-/// waited-for descendants included) from `wait4`.
+/// Waits for `child` like `Child::wait`, also returning its CPU time.
 fn wait_with_cpu(
     child: &mut std::process::Child,
 ) -> Result<(std::process::ExitStatus, u64), String> {
     use std::os::unix::process::ExitStatusExt;
     let pid = i32::try_from(child.id()).map_err(|_| "wait: pid out of range".to_string())?;
-    let mut raw = 0;
-    // SAFETY: rusage is plain data that wait4 fills.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: waits for our own child, with live out-pointers.
-        let r = unsafe { libc::wait4(pid, &mut raw, 0, &mut ru) };
-        if r == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(format!("wait: {e}"));
+        match wait4(pid, 0) {
+            Ok(Some((raw, cpu_ns))) => {
+                return Ok((std::process::ExitStatus::from_raw(raw), cpu_ns));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::Interrupted => {
+                return Err(format!("wait: {e}"));
+            }
+            _ => {}
         }
     }
-    Ok((std::process::ExitStatus::from_raw(raw), rusage_ns(&ru)))
 }
