@@ -248,9 +248,9 @@ impl Vmm {
         timeline.mark(Phase::VmCreated);
 
         // Step 4: guest memory, mapped and registered before the in-kernel irqchip. Measured
-        // on a PVM host (examples/kvm_floor.rs, docs/startup-latency.md): a memslot registered
-        // after KVM_CREATE_IRQCHIP takes 4-12 ms, waiting out an SRCU grace period; before it,
-        // 0.15-0.25 ms, and the irqchip and PIT after it another 0.15-0.25 ms.
+        // on a PVM host (examples/kvm_irqchip_cost.rs, docs/startup-latency.md): a memslot
+        // registered after KVM_CREATE_IRQCHIP takes 5-12 ms, waiting out an SRCU grace period;
+        // before it, under 0.2 ms, and the irqchip and PIT after it as little.
         let mem = memory::create(vm.mem_size)?;
         memory::register(&vm_fd, &memory::regions(&mem))?;
         timeline.mark(Phase::MemoryMapped);
