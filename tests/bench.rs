@@ -80,7 +80,21 @@ fn short_bench_writes_parseable_results() {
         assert!(s["ratio_total_to_ember"].as_f64().unwrap() > 0.0);
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert!(csv.starts_with("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns\n"));
+    assert!(
+        csv.starts_with("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns,first_output_ns\n")
+    );
+    // The goal's measure: ember's first guest output against the KVM floor's, on one line.
+    let (e, f) = (
+        ember["first_output"]["median_ns"].as_f64().unwrap(),
+        by_name("kvm-floor")["first_output"]["median_ns"]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!(e > 0.0 && f > 0.0, "{v}");
+    assert!(
+        o.stdout.contains("exec to the guest's first output"),
+        "{o:?}"
+    );
     assert_eq!(csv.lines().filter(|l| l.starts_with("ember,")).count(), 3);
     let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
     assert!(

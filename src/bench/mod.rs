@@ -263,6 +263,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         let total = Summary::of(&v.iter().map(|x| x.total_ns as f64).collect::<Vec<_>>());
         let cpu = Summary::of(&v.iter().map(|x| x.cpu_ns as f64).collect::<Vec<_>>());
         let gone = Summary::of(&v.iter().map(|x| x.gone_ns as f64).collect::<Vec<_>>());
+        let first_output = Summary::of(
+            &v.iter()
+                .filter_map(|x| x.first_output_ns.map(|t| t as f64))
+                .collect::<Vec<_>>(),
+        );
         let ttw = Summary::of(
             &v.iter()
                 .filter_map(|x| x.to_workload_ns.map(|t| t as f64))
@@ -274,6 +279,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             ratio_total_to_ember: total.zip(ember_total).map(|(t, e)| t.median_ns / e),
             ratio_to_workload_to_ember: ttw.zip(ember_ttw).map(|(t, e)| t.median_ns / e),
             to_workload: ttw,
+            first_output,
             total,
             gone,
             cpu,
@@ -290,6 +296,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             name,
             skipped: Some(reason),
             to_workload: None,
+            first_output: None,
             total: None,
             gone: None,
             cpu: None,
@@ -394,6 +401,7 @@ mod tests {
     fn phase_medians_follow_the_first_run() {
         let s = |a: u64, b: u64| Sample {
             to_workload_ns: None,
+            first_output_ns: None,
             total_ns: 0,
             gone_ns: 0,
             cpu_ns: 0,

@@ -18,6 +18,9 @@ pub struct SubjectResult {
     pub skipped: Option<String>,
     /// Exec to workload.
     pub to_workload: Option<Summary>,
+    /// Exec to the first byte on stdout (ember's and the KVM floor's: the guest's first
+    /// output, the nearest to its first instruction a process outside can see).
+    pub first_output: Option<Summary>,
     /// Exec to exit.
     pub total: Option<Summary>,
     /// Exec to the end of the last process the run left behind (ember's teardown keeper: the
@@ -41,6 +44,8 @@ pub struct SubjectResult {
 pub struct SampleOut {
     /// Exec to workload, if seen.
     pub to_workload_ns: Option<u64>,
+    /// Exec to the first byte on stdout, if any.
+    pub first_output_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
     /// Exec to the end of what the run left behind.
@@ -53,6 +58,7 @@ impl From<&Sample> for SampleOut {
     fn from(s: &Sample) -> Self {
         SampleOut {
             to_workload_ns: s.to_workload_ns,
+            first_output_ns: s.first_output_ns,
             total_ns: s.total_ns,
             gone_ns: s.gone_ns,
             cpu_ns: s.cpu_ns,
@@ -140,7 +146,26 @@ impl BenchResults {
                 phases.join(", ")
             ));
         }
+        if let Some(line) = self.over_the_floor() {
+            out.push_str(&line);
+        }
         out
+    }
+
+    /// ember's first guest output against the KVM floor's, both as the bench saw them on
+    /// stdout: how far ember's start is above what KVM itself costs on this host.
+    fn over_the_floor(&self) -> Option<String> {
+        let first = |name: &str| {
+            let s = self.subjects.iter().find(|s| s.name == name)?;
+            Some(s.first_output?.median_ns)
+        };
+        let (ember, floor) = (first("ember")?, first("kvm-floor")?);
+        Some(format!(
+            "exec to the guest's first output (median, ms): ember {:.2}, KVM floor {:.2}: ember is {:+.2} ms over KVM's own time\n",
+            ms(ember),
+            ms(floor),
+            ms(ember - floor)
+        ))
     }
 
     /// Writes results.json, results.csv and plot.svg into `dir`.
@@ -149,18 +174,20 @@ impl BenchResults {
             dir.join("results.json"),
             serde_json::to_string_pretty(self)?,
         )?;
-        let mut csv = String::from("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns\n");
+        let mut csv =
+            String::from("subject,run,to_workload_ns,total_ns,gone_ns,cpu_ns,first_output_ns\n");
         for s in &self.subjects {
             for (i, x) in s.samples.iter().enumerate() {
-                let ttw = x.to_workload_ns.map(|v| v.to_string()).unwrap_or_default();
+                let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
                 csv.push_str(&format!(
-                    "{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{}\n",
                     s.name,
                     i + 1,
-                    ttw,
+                    opt(x.to_workload_ns),
                     x.total_ns,
                     x.gone_ns,
-                    x.cpu_ns
+                    x.cpu_ns,
+                    opt(x.first_output_ns)
                 ));
             }
         }

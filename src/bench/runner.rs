@@ -19,6 +19,9 @@ use crate::timing::monotonic_ns;
 pub struct Sample {
     /// Exec to "workload started": ember's boot-timer stamp, else the first stdout byte.
     pub to_workload_ns: Option<u64>,
+    /// Exec to the first byte on stdout, for every subject (for ember and the KVM floor: the
+    /// guest's first output).
+    pub first_output_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
     /// Exec to the end of the last process the run left behind (ember's teardown keeper:
@@ -80,6 +83,7 @@ pub fn measure(
     }
     let mut sample = Sample {
         to_workload_ns: first_byte.map(|t| t - t0),
+        first_output_ns: first_byte.map(|t| t - t0),
         total_ns: t_end - t0,
         gone_ns: t_gone.unwrap_or(t_end) - t0,
         cpu_ns: cpu_ns + left_cpu_ns,
