@@ -17,6 +17,19 @@ pub fn register_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// The signals that stop a VM: the VMM thread reads them from a [`SignalFd`].
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Blocks [`STOP_SIGNALS`] in the calling thread for good (a vCPU thread: they are the VMM
+/// thread's to read).
+pub fn block_stop_signals() {
+    // Cannot fail for valid signal numbers.
+    if let Ok(set) = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS) {
+        // SAFETY: `set` is a live sigset_t; no old mask is asked for.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
 /// A signalfd for a set of signals, blocked in the calling thread while it lives (threads
 /// started meanwhile inherit the mask).
 pub struct SignalFd {

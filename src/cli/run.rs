@@ -178,9 +178,22 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .as_deref()
         .map(TimingsOutput::parse)
         .transpose()?;
-    // Looked up now: once the VM runs, this thread's seccomp filter forbids the netlink
-    // socket and /proc files the lookup uses.
-    let started = timings.is_some().then(process_start::lookup);
+    // What the report needs and the guest does not wait for: done on this thread once the
+    // guest has started, before its filter goes on (the lookup's netlink socket and the
+    // truncation are not in it).
+    let (prepared_tx, prepared) = std::sync::mpsc::channel();
+    let before_filter = match &timings {
+        Some(t) => {
+            let prepare = t.prepare().map_err(|e| Failure {
+                code: exit_code::HOST_ERROR,
+                message: format!("--timings: {e}"),
+            })?;
+            Some(Box::new(move || {
+                let _ = prepared_tx.send(prepare());
+            }) as Box<dyn FnOnce() + Send>)
+        }
+        None => None,
+    };
 
     let config = args.to_config()?;
     let flavour = HostFlavour::detect();
@@ -217,6 +230,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             Seccomp::AllThreads
         },
         teardown: args.teardown,
+        before_filter,
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
@@ -228,15 +242,20 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     timeline.mark(Phase::VmTornDown);
     let _ = std::io::stdout().flush();
     let code = exit_code::for_outcome(&run.outcome, &facts, flavour);
-    if let (Some(out), Some(started)) = (timings, started) {
+    if let Some(out) = timings {
+        let (started, emptied) = prepared.try_recv().unwrap_or((None, Ok(())));
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
         let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes)
             .with_teardown_deferred(run.teardown_deferred);
-        out.write(&r)?;
+        out.write(&r, emptied)?;
     }
     code
 }
+
+/// What the report needs besides the timeline: when the process started (if known), and
+/// whether an earlier report was cleared from the file.
+type Prepared = (Option<process_start::ProcessStart>, std::io::Result<()>);
 
 /// Where `--timings` goes.
 enum TimingsOutput {
@@ -255,7 +274,14 @@ impl TimingsOutput {
             "json" => TimingsOutput::JsonStderr,
             path => {
                 let path = PathBuf::from(path);
-                let file = File::create(&path).map_err(|e| Failure {
+                // Opened, not truncated: truncating a file that has data costs 0.2-0.4 ms on
+                // ext4 here, so it is emptied once the guest has started (`prepare`).
+                let file = File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| Failure {
                     code: exit_code::BAD_INPUT,
                     message: format!(
                         "--timings={}: cannot create it ({e}): pass a writable file path, `json` or `table`",
@@ -267,7 +293,21 @@ impl TimingsOutput {
         })
     }
 
-    fn write(self, r: &Report) -> Result<(), Failure> {
+    /// What the report needs and the boot does not, to be done before the VMM thread's
+    /// filter: the process start's lookup, and emptying the file of an earlier report.
+    fn prepare(&self) -> std::io::Result<impl FnOnce() -> Prepared + Send + 'static> {
+        let file = match self {
+            TimingsOutput::JsonFile(_, f) => Some(f.try_clone()?),
+            TimingsOutput::Table | TimingsOutput::JsonStderr => None,
+        };
+        Ok(move || {
+            let emptied = file.map_or(Ok(()), |f| f.set_len(0));
+            (process_start::lookup(), emptied)
+        })
+    }
+
+    /// Writes the report; `emptied` says whether [`TimingsOutput::prepare`] emptied the file.
+    fn write(self, r: &Report, emptied: std::io::Result<()>) -> Result<(), Failure> {
         match self {
             // A closed stderr loses the report; it must not panic.
             TimingsOutput::Table => {
@@ -277,7 +317,8 @@ impl TimingsOutput {
                 let _ = writeln!(std::io::stderr(), "{}", r.json());
             }
             TimingsOutput::JsonFile(path, mut file) => {
-                file.write_all(r.json().as_bytes())
+                emptied
+                    .and_then(|_| file.write_all(r.json().as_bytes()))
                     .and_then(|_| file.write_all(b"\n"))
                     .map_err(|e| Failure {
                         code: exit_code::HOST_ERROR,

@@ -15,7 +15,7 @@ use crate::sync::lock;
 /// What a vCPU thread is asked to do, or is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
-    /// Not started yet: waiting at the start gate.
+    /// Not started yet: its thread waits for it.
     Created,
     /// Running the guest.
     Running,
