@@ -2,7 +2,9 @@
 //! 128 MiB of memory in one memslot, one vCPU in flat 32-bit protected mode, a guest that writes
 //! "k\n" to port 0x3f8 and halts; no irqchip, no devices, no threads, no filters. `ember bench`
 //! runs it as the `kvm-floor` baseline: its time to workload (the guest's first byte) is KVM's
-//! own ioctl time plus a process start, the floor ember's start is measured against.
+//! own ioctl time plus a process start, the floor ember's start is measured against. It prints
+//! the CLOCK_MONOTONIC time of its first KVM_RUN on stderr (`first_kvm_run_ns=N`), which the
+//! bench sets against ember's `first_kvm_run`.
 //!
 //!     cargo build --release --example kvm_floor
 
@@ -86,6 +88,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     regs.rip = CODE_AT;
     regs.rflags = 2;
     vcpu.set_regs(&regs)?;
+    // The first KVM_RUN's CLOCK_MONOTONIC time, on stderr: `ember bench` sets it against
+    // ember's own `first_kvm_run` stamp.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    eprintln!(
+        "first_kvm_run_ns={}",
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    );
     let mut out = std::io::stdout().lock();
     for _ in 0..16 {
         match vcpu.run()? {

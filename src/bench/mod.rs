@@ -268,6 +268,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
                 .filter_map(|x| x.first_output_ns.map(|t| t as f64))
                 .collect::<Vec<_>>(),
         );
+        let first_kvm_run = Summary::of(
+            &v.iter()
+                .filter_map(|x| x.first_kvm_run_ns.map(|t| t as f64))
+                .collect::<Vec<_>>(),
+        );
         let ttw = Summary::of(
             &v.iter()
                 .filter_map(|x| x.to_workload_ns.map(|t| t as f64))
@@ -280,6 +285,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             ratio_to_workload_to_ember: ttw.zip(ember_ttw).map(|(t, e)| t.median_ns / e),
             to_workload: ttw,
             first_output,
+            first_kvm_run,
             total,
             gone,
             cpu,
@@ -297,6 +303,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             skipped: Some(reason),
             to_workload: None,
             first_output: None,
+            first_kvm_run: None,
             total: None,
             gone: None,
             cpu: None,
@@ -402,6 +409,7 @@ mod tests {
         let s = |a: u64, b: u64| Sample {
             to_workload_ns: None,
             first_output_ns: None,
+            first_kvm_run_ns: None,
             total_ns: 0,
             gone_ns: 0,
             cpu_ns: 0,

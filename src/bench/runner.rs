@@ -22,6 +22,9 @@ pub struct Sample {
     /// Exec to the first byte on stdout, for every subject (for ember and the KVM floor: the
     /// guest's first output).
     pub first_output_ns: Option<u64>,
+    /// Exec to the first KVM_RUN, by the subject's own stamp (ember's timeline, the KVM floor's
+    /// `first_kvm_run_ns=` line on stderr): the first guest instruction.
+    pub first_kvm_run_ns: Option<u64>,
     /// Exec to exit.
     pub total_ns: u64,
     /// Exec to the end of the last process the run left behind (ember's teardown keeper:
@@ -84,6 +87,15 @@ pub fn measure(
     let mut sample = Sample {
         to_workload_ns: first_byte.map(|t| t - t0),
         first_output_ns: first_byte.map(|t| t - t0),
+        first_kvm_run_ns: stderr
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("first_kvm_run_ns=")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .and_then(|at| at.checked_sub(t0)),
         total_ns: t_end - t0,
         gone_ns: t_gone.unwrap_or(t_end) - t0,
         cpu_ns: cpu_ns + left_cpu_ns,
@@ -101,6 +113,15 @@ pub fn measure(
             .iter()
             .find(|p| p["name"] == "userspace_reached")
             .and_then(|p| p["t_ns"].as_u64());
+        // On the bench's clock: ember's timeline says where its t_ns 0 was (only a
+        // microsecond-precise start will do).
+        let start = v["process_start"]["monotonic_ns"].as_u64();
+        sample.first_kvm_run_ns = phases
+            .iter()
+            .find(|p| p["name"] == "first_kvm_run")
+            .and_then(|p| p["t_ns"].as_u64())
+            .zip(start.filter(|_| v["process_start"]["source"] == "taskstats"))
+            .and_then(|(t, start)| (start + t).checked_sub(t0));
         sample.phases = phases
             .iter()
             .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["delta_ns"].as_u64()?)))

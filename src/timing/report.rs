@@ -29,6 +29,9 @@ pub struct StartInfo {
     pub source: &'static str,
     /// Resolution of the process start stamp.
     pub resolution_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds of `t_ns` 0: where another process's clock (a benchmark's
+    /// spawn) meets this timeline.
+    pub monotonic_ns: u64,
 }
 
 /// CPU time ember's process used, all threads (vCPU threads' time in KVM_RUN included).
@@ -110,10 +113,12 @@ impl Report {
                 Some(s) => StartInfo {
                     source: s.source.name(),
                     resolution_ns: s.resolution_ns,
+                    monotonic_ns: base,
                 },
                 None => StartInfo {
                     source: "unavailable",
                     resolution_ns: 0,
+                    monotonic_ns: base,
                 },
             },
             phases,
@@ -245,6 +250,7 @@ mod tests {
         assert_eq!(v["schema"], SCHEMA);
         assert_eq!(v["clock"], "CLOCK_MONOTONIC");
         assert_eq!(v["process_start"]["source"], "taskstats");
+        assert!(v["process_start"]["monotonic_ns"].as_u64().unwrap() > 0);
         assert_eq!(v["phases"][1]["name"], "config_parsed");
         assert_eq!(v["phases"][1]["t_ns"], 500_000);
         assert_eq!(v["phases"][3]["side"], "guest");
