@@ -1,14 +1,12 @@
 //! Seccomp filters (seccompiler), one per kind of ember thread, each installed by the thread
-//! itself before it handles anything from the guest:
+//! itself before the first guest instruction runs:
 //!
 //! - a **vCPU thread** runs guest code and handles every guest-controlled exit: it may make only
-//!   the system calls its run loop needs, and only the KVM ioctls it uses. Its filter is on
-//!   before the first guest instruction;
+//!   the system calls its run loop needs, and only the KVM ioctls it uses;
 //! - the **VMM thread** (the one that calls [`crate::vmm::Vmm::run`]: `ember run`'s main thread)
-//!   runs the event loop (signals, console input, virtio queues, the exit signal), stops and
-//!   joins the vCPUs, tears the VM down and writes the report: it may make only the calls those
-//!   need, and no KVM ioctl at all. Its filter goes on once the guest has started, before the
-//!   event loop.
+//!   runs the event loop (signals, console input, the exit signal), stops and joins the vCPUs,
+//!   tears the VM down and writes the report: it may make only the calls those need, and no KVM
+//!   ioctl at all.
 //!
 //! A forbidden call stops ember with a one-line message naming the thread and the call, restores
 //! the terminal, then dies by SIGSYS. docs/security.md lists every call and why it is there.
@@ -369,8 +367,8 @@ pub fn apply(filter: &BpfProgram, role: Role) -> Result<(), SeccompError> {
 /// `EMBER_SELF_TEST=seccomp-vcpu|seccomp-vmm` makes that thread make a forbidden call right
 /// after its filter is installed (the process must die by SIGSYS, naming it);
 /// `EMBER_SELF_TEST=panic-vcpu|panic-vmm` makes it panic there (the process must exit with
-/// code 7, the terminal restored). Either way it can only stop this very process, before that
-/// thread handles anything from the guest.
+/// code 7, the terminal restored). Either way it can only stop this very process, before the
+/// guest runs.
 pub fn self_test(role: Role, filtered: bool) {
     let Some(v) = std::env::var_os("EMBER_SELF_TEST") else {
         return;

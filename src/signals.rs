@@ -20,13 +20,43 @@ pub fn register_kick_handler() -> std::io::Result<()> {
 /// The signals that stop a VM: the VMM thread reads them from a [`SignalFd`].
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// Blocks [`STOP_SIGNALS`] in the calling thread for good (a vCPU thread: they are the VMM
-/// thread's to read).
-pub fn block_stop_signals() {
-    // Cannot fail for valid signal numbers.
-    if let Ok(set) = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS) {
-        // SAFETY: `set` is a live sigset_t; no old mask is asked for.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+/// Blocks [`STOP_SIGNALS`] in the calling thread until dropped, then restores the mask it
+/// found. A thread started meanwhile inherits the block from its first instruction, so a
+/// SIGINT never reaches a helper or vCPU thread (whose default action would end ember): they
+/// are the VMM thread's, read from its [`SignalFd`].
+pub struct StopSignalsBlocked {
+    old_mask: Option<libc::sigset_t>,
+}
+
+impl StopSignalsBlocked {
+    /// Blocks them now.
+    pub fn new() -> Self {
+        let Ok(set) = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS) else {
+            // Cannot fail for valid signal numbers.
+            return Self { old_mask: None };
+        };
+        // SAFETY: sigset_t is plain data; zeroed is a valid set for the call to fill.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live sigset_t values.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        Self {
+            old_mask: (rc == 0).then_some(old),
+        }
+    }
+}
+
+impl Default for StopSignalsBlocked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StopSignalsBlocked {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old_mask {
+            // SAFETY: restores a mask pthread_sigmask filled in.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+        }
     }
 }
 

@@ -12,8 +12,8 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A value computed on a thread of its own while the caller goes on with other work: on a host
 /// with a CPU to spare, a slow call (an ioctl that traps to the hypervisor, a truncation) then
-/// costs the caller nothing. The thread blocks the VMM's stop signals, so a Ctrl-C still reaches
-/// the event loop. Dropped unawaited, it is joined.
+/// costs the caller nothing. The thread starts with the VMM's stop signals blocked, so a Ctrl-C
+/// still reaches the event loop. Dropped unawaited, it is joined.
 pub struct Background<T: Send + 'static> {
     thread: Option<JoinHandle<T>>,
 }
@@ -21,12 +21,8 @@ pub struct Background<T: Send + 'static> {
 impl<T: Send + 'static> Background<T> {
     /// Starts computing `f` on a thread named `name`.
     pub fn start(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<Self> {
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                crate::signals::block_stop_signals();
-                f()
-            })?;
+        let _blocked = crate::signals::StopSignalsBlocked::new();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(f)?;
         Ok(Self {
             thread: Some(thread),
         })

@@ -86,21 +86,20 @@ fn short_bench_writes_parseable_results() {
     // The goal's measure: ember's first KVM_RUN and first guest output against the KVM
     // floor's, each stamped by the subject itself on the bench's clock.
     let floor = by_name("kvm-floor");
-    for what in ["first_kvm_run", "first_output"] {
+    assert!(o.stdout.contains("exec to the first KVM_RUN"), "{o:?}");
+    // ember's first KVM_RUN comes before its guest's first output reaches the bench.
+    for x in ember["samples"].as_array().unwrap() {
+        let at = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{k}: {x}"));
+        assert!(at("first_kvm_run_ns") < at("first_output_ns"), "{x}");
+    }
+    let measures = ["first_kvm_run", "first_output"];
+    for what in measures {
         let (e, f) = (
             ember[what]["median_ns"].as_f64().unwrap(),
             floor[what]["median_ns"].as_f64().unwrap(),
         );
         assert!(e > 0.0 && f > 0.0, "{what}: {v}");
     }
-    // ember's first KVM_RUN comes before its guest's first output reaches the bench.
-    for x in ember["samples"].as_array().unwrap() {
-        assert!(
-            x["first_kvm_run_ns"].as_u64() < x["first_output_ns"].as_u64(),
-            "{x}"
-        );
-    }
-    assert!(o.stdout.contains("exec to the first KVM_RUN"), "{o:?}");
     assert!(
         o.stdout.contains("exec to the guest's first output"),
         "{o:?}"

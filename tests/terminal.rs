@@ -74,11 +74,7 @@ fn a_panic_or_a_seccomp_kill_restores_the_terminal() {
             assert_eq!(o.code, None, "{test}: {o:?}");
             assert!(o.stderr.contains("ember: seccomp: "), "{test}: {o:?}");
         }
-        // A vCPU thread's self-test fires before the guest's first instruction; the VMM
-        // thread's once the guest has started (it may have printed), before the event loop.
-        if test.ends_with("vcpu") {
-            assert!(o.stdout.is_empty(), "{test}: the guest ran: {o:?}");
-        }
+        assert!(o.stdout.is_empty(), "{test}: the guest ran: {o:?}");
         assert_eq!(
             lflag(&slave),
             cooked,

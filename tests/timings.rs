@@ -28,8 +28,7 @@ fn json_timeline_has_every_phase_in_order() {
     let dir = std::env::temp_dir().join(format!("ember-timings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("t.json");
-    // An earlier, longer report in the file: the new one replaces it whole (ember opens the
-    // file without truncating it, and empties it once the guest has started).
+    // An earlier, longer report in the file: the new one replaces it whole.
     std::fs::write(&file, vec![b'x'; 64 << 10]).unwrap();
     let arg = format!("--timings={}", file.display());
     let o = run_guest("hello64", &[&arg]);
@@ -93,4 +92,27 @@ fn unwritable_timings_file_is_bad_input() {
         "{o:?}"
     );
     assert!(o.stdout.is_empty(), "the VM must not start: {o:?}");
+}
+
+/// A run that ends before its report (here: a kernel that does not exist) leaves the file
+/// empty, not holding an earlier run's report as if it were this one's.
+#[test]
+fn a_failed_run_leaves_no_earlier_report() {
+    let dir = std::env::temp_dir().join(format!("ember-timings-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.json");
+    std::fs::write(&file, b"{\"schema\": \"an earlier report\"}\n").unwrap();
+    let timings = format!("--timings={}", file.display());
+    let o = run(
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--no-initrd",
+            &timings,
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"", "{o:?}");
 }

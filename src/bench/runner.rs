@@ -113,15 +113,14 @@ pub fn measure(
             .iter()
             .find(|p| p["name"] == "userspace_reached")
             .and_then(|p| p["t_ns"].as_u64());
-        // On the bench's clock: ember's timeline says where its t_ns 0 was (only a
-        // microsecond-precise start will do).
+        // On the bench's clock: ember's timeline says where its t_ns 0 was.
         let start = v["process_start"]["monotonic_ns"].as_u64();
         sample.first_kvm_run_ns = phases
             .iter()
             .find(|p| p["name"] == "first_kvm_run")
             .and_then(|p| p["t_ns"].as_u64())
-            .zip(start.filter(|_| v["process_start"]["source"] == "taskstats"))
-            .and_then(|(t, start)| (start + t).checked_sub(t0));
+            .zip(start)
+            .and_then(|(t, start)| start.checked_add(t)?.checked_sub(t0));
         sample.phases = phases
             .iter()
             .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["delta_ns"].as_u64()?)))

@@ -178,22 +178,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .as_deref()
         .map(TimingsOutput::parse)
         .transpose()?;
-    // What the report needs and the guest does not wait for: done on this thread once the
-    // guest has started, before its filter goes on (the lookup's netlink socket and the
-    // truncation are not in it).
-    let (prepared_tx, prepared) = std::sync::mpsc::channel();
-    let before_filter = match &timings {
-        Some(t) => {
-            let prepare = t.prepare().map_err(|e| Failure {
-                code: exit_code::HOST_ERROR,
-                message: format!("--timings: {e}"),
-            })?;
-            Some(Box::new(move || {
-                let _ = prepared_tx.send(prepare());
-            }) as Box<dyn FnOnce() + Send>)
-        }
-        None => None,
-    };
+    // Looked up now: once the VM runs, this thread's seccomp filter forbids the netlink
+    // socket and /proc files the lookup uses.
+    let started = timings.is_some().then(process_start::lookup);
 
     let config = args.to_config()?;
     let flavour = HostFlavour::detect();
@@ -230,7 +217,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             Seccomp::AllThreads
         },
         teardown: args.teardown,
-        before_filter,
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
@@ -242,20 +228,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     timeline.mark(Phase::VmTornDown);
     let _ = std::io::stdout().flush();
     let code = exit_code::for_outcome(&run.outcome, &facts, flavour);
-    if let Some(out) = timings {
-        let (started, emptied) = prepared.try_recv().unwrap_or((None, Ok(())));
+    if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
         let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes)
             .with_teardown_deferred(run.teardown_deferred);
-        out.write(&r, emptied)?;
+        out.write(&r)?;
     }
     code
 }
-
-/// What the report needs besides the timeline: when the process started (if known), and
-/// whether an earlier report was cleared from the file.
-type Prepared = (Option<process_start::ProcessStart>, std::io::Result<()>);
 
 /// Where `--timings` goes.
 enum TimingsOutput {
@@ -274,14 +255,7 @@ impl TimingsOutput {
             "json" => TimingsOutput::JsonStderr,
             path => {
                 let path = PathBuf::from(path);
-                // Opened, not truncated: truncating a file that has data costs 0.2-0.4 ms on
-                // ext4 here, so it is emptied once the guest has started (`prepare`).
-                let file = File::options()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| Failure {
+                let file = File::create(&path).map_err(|e| Failure {
                     code: exit_code::BAD_INPUT,
                     message: format!(
                         "--timings={}: cannot create it ({e}): pass a writable file path, `json` or `table`",
@@ -293,21 +267,7 @@ impl TimingsOutput {
         })
     }
 
-    /// What the report needs and the boot does not, to be done before the VMM thread's
-    /// filter: the process start's lookup, and emptying the file of an earlier report.
-    fn prepare(&self) -> std::io::Result<impl FnOnce() -> Prepared + Send + 'static> {
-        let file = match self {
-            TimingsOutput::JsonFile(_, f) => Some(f.try_clone()?),
-            TimingsOutput::Table | TimingsOutput::JsonStderr => None,
-        };
-        Ok(move || {
-            let emptied = file.map_or(Ok(()), |f| f.set_len(0));
-            (process_start::lookup(), emptied)
-        })
-    }
-
-    /// Writes the report; `emptied` says whether [`TimingsOutput::prepare`] emptied the file.
-    fn write(self, r: &Report, emptied: std::io::Result<()>) -> Result<(), Failure> {
+    fn write(self, r: &Report) -> Result<(), Failure> {
         match self {
             // A closed stderr loses the report; it must not panic.
             TimingsOutput::Table => {
@@ -317,8 +277,7 @@ impl TimingsOutput {
                 let _ = writeln!(std::io::stderr(), "{}", r.json());
             }
             TimingsOutput::JsonFile(path, mut file) => {
-                emptied
-                    .and_then(|_| file.write_all(r.json().as_bytes()))
+                file.write_all(r.json().as_bytes())
                     .and_then(|_| file.write_all(b"\n"))
                     .map_err(|e| Failure {
                         code: exit_code::HOST_ERROR,

@@ -58,6 +58,14 @@ pub enum VcpuError {
         /// The error.
         source: regs::RegsError,
     },
+    /// The vCPU thread could not install its seccomp filter.
+    #[error("vCPU {cpu}: its thread's seccomp filter: {what}")]
+    Filter {
+        /// The vCPU.
+        cpu: u32,
+        /// Why.
+        what: String,
+    },
     /// The vCPU thread could not be started.
     #[error("cannot start the thread for vCPU {cpu}: {source}")]
     Spawn {
@@ -215,60 +223,89 @@ enum Delivery {
     Cancelled,
 }
 
+/// A vCPU thread's side of the handshake with the VMM thread.
+struct InboxState {
+    /// How installing the filter went, once the thread has tried (`Ok` without one).
+    filter: Option<Result<(), String>>,
+    delivery: Delivery,
+}
+
 /// A waiting vCPU thread's inbox.
 struct Inbox {
-    delivery: Mutex<Delivery>,
-    delivered: Condvar,
+    state: Mutex<InboxState>,
+    changed: Condvar,
 }
 
 impl Inbox {
+    fn set_filter(&self, result: Result<(), String>) {
+        lock(&self.state).filter = Some(result);
+        self.changed.notify_all();
+    }
+
     fn deliver(&self, d: Delivery) {
-        *lock(&self.delivery) = d;
-        self.delivered.notify_one();
+        lock(&self.state).delivery = d;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the thread has tried its filter.
+    fn filter(&self) -> Result<(), String> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(result) = &state.filter {
+                return result.clone();
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Waits for the launch; `None` if cancelled.
     fn wait(&self) -> Option<Box<Launch>> {
-        let mut d = lock(&self.delivery);
+        let mut state = lock(&self.state);
         loop {
-            match std::mem::replace(&mut *d, Delivery::Nothing) {
+            match std::mem::replace(&mut state.delivery, Delivery::Nothing) {
                 Delivery::Nothing => {}
                 Delivery::Launch(l) => return Some(l),
                 Delivery::Cancelled => return None,
             }
-            d = self.delivered.wait(d).unwrap_or_else(|p| p.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
 /// A vCPU's thread, started while the VM is still being built: the thread's start and its
 /// seccomp filter (0.2-0.3 ms each on a PVM host) then cost nothing on the way to the first
-/// guest instruction. It waits, filtered, for [`VcpuThread::launch`] to hand it its vCPU, and
-/// enters the guest at once. Dropped unlaunched, it is told to leave and joined.
+/// guest instruction. It installs its filter, then waits for [`VcpuThread::launch`] to hand it
+/// its vCPU, and enters the guest at once. Dropped unlaunched, it is told to leave and joined.
 pub struct VcpuThread {
+    id: u32,
     inbox: Arc<Inbox>,
     thread: Option<JoinHandle<Option<Vcpu>>>,
 }
 
 impl VcpuThread {
     /// Starts the thread for vCPU `id`; it builds and installs the vCPU filter if `filtered`,
-    /// and waits.
+    /// and waits. It starts with the stop signals blocked: they are the VMM thread's.
     pub fn start(id: u32, filtered: bool) -> Result<Self, VcpuError> {
         let inbox = Arc::new(Inbox {
-            delivery: Mutex::new(Delivery::Nothing),
-            delivered: Condvar::new(),
+            state: Mutex::new(InboxState {
+                filter: None,
+                delivery: Delivery::Nothing,
+            }),
+            changed: Condvar::new(),
         });
         let waiting = inbox.clone();
+        let _blocked = signals::StopSignalsBlocked::new();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                // SIGINT and the like are the VMM thread's, read from its signalfd: a vCPU
-                // thread never takes them, whenever the VMM thread starts blocking them.
-                signals::block_stop_signals();
-                // The filter goes on before the vCPU arrives, so before any guest instruction.
-                let filtered = filtered.then(|| {
+                // The filter goes on before the vCPU arrives, so before any guest instruction;
+                // the VMM thread checks how it went before it launches any vCPU.
+                let result = if filtered {
                     seccomp::filter(Role::Vcpu).and_then(|f| seccomp::apply(&f, Role::Vcpu))
-                });
+                } else {
+                    Ok(())
+                };
+                waiting.set_filter(result.map_err(|e| e.to_string()));
                 let Launch {
                     vcpu,
                     pio,
@@ -276,18 +313,6 @@ impl VcpuThread {
                     exit,
                     timeline,
                 } = *waiting.wait()?;
-                let filtered = match filtered {
-                    Some(Err(e)) => {
-                        exit.request(ExitReason::VcpuFailed {
-                            cpu: id,
-                            what: e.to_string(),
-                        });
-                        vcpu.control.finished();
-                        return Some(vcpu);
-                    }
-                    Some(Ok(())) => true,
-                    None => false,
-                };
                 seccomp::self_test(Role::Vcpu, filtered);
                 let mut vcpu = vcpu;
                 if vcpu.control.started() == RunState::Running {
@@ -302,13 +327,22 @@ impl VcpuThread {
             })
             .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
         Ok(Self {
+            id,
             inbox,
             thread: Some(thread),
         })
     }
 
-    /// Hands the thread its vCPU: it enters the guest now. Joining the handle gives the vCPU
-    /// back once the thread has stopped.
+    /// Waits until the thread has installed its filter; the error says why it could not.
+    pub fn ready(&self) -> Result<(), VcpuError> {
+        self.inbox
+            .filter()
+            .map_err(|what| VcpuError::Filter { cpu: self.id, what })
+    }
+
+    /// Hands the thread its vCPU: it enters the guest now. Call [`VcpuThread::ready`] first: a
+    /// thread without its filter must not be launched. Joining the handle gives the vCPU back
+    /// once the thread has stopped.
     pub fn launch(mut self, launch: Launch) -> JoinHandle<Option<Vcpu>> {
         let thread = self.thread.take();
         self.inbox.deliver(Delivery::Launch(Box::new(launch)));
