@@ -202,18 +202,13 @@ impl Vcpu {
     }
 }
 
-/// What a vCPU thread needs to run its vCPU.
-pub struct Launch {
-    /// The vCPU, configured.
-    pub vcpu: Vcpu,
-    /// The port I/O bus.
-    pub pio: Arc<Bus>,
-    /// The MMIO bus.
-    pub mmio: Arc<Bus>,
-    /// Where the VM's end is signalled.
-    pub exit: Arc<ExitSignal>,
-    /// Where `first_kvm_run` is stamped.
-    pub timeline: Arc<Timeline>,
+/// What a vCPU thread runs with, handed over at the launch.
+struct Launch {
+    vcpu: Vcpu,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    timeline: Arc<Timeline>,
 }
 
 /// What the VMM thread has handed a waiting vCPU thread.
@@ -272,20 +267,38 @@ impl Inbox {
     }
 }
 
-/// A vCPU's thread, started while the VM is still being built: the thread's start and its
-/// seccomp filter (0.2-0.3 ms each on a PVM host) then cost nothing on the way to the first
-/// guest instruction. It installs its filter, then waits for [`VcpuThread::launch`] to hand it
-/// its vCPU, and enters the guest at once. Dropped unlaunched, it is told to leave and joined.
-pub struct VcpuThread {
+/// One waiting vCPU thread.
+struct Waiting {
     id: u32,
     inbox: Arc<Inbox>,
-    thread: Option<JoinHandle<Option<Vcpu>>>,
+    thread: JoinHandle<Option<Vcpu>>,
 }
 
-impl VcpuThread {
-    /// Starts the thread for vCPU `id`; it builds and installs the vCPU filter if `filtered`,
-    /// and waits. It starts with the stop signals blocked: they are the VMM thread's.
-    pub fn start(id: u32, filtered: bool) -> Result<Self, VcpuError> {
+/// A VM's vCPU threads, started while the VM is still being built: their start and their
+/// seccomp filters (0.2-0.3 ms each on a PVM host) then cost nothing on the way to the first
+/// guest instruction. Each installs its filter, then waits for [`VcpuThreads::launch`] to hand
+/// it its vCPU, and enters the guest at once. Dropped unlaunched, they are told to leave and
+/// joined.
+pub struct VcpuThreads {
+    waiting: Vec<Waiting>,
+}
+
+impl VcpuThreads {
+    /// Starts one thread per vCPU; each builds and installs the vCPU filter if `filtered`, and
+    /// waits. They start with the stop signals blocked: those are the VMM thread's.
+    pub fn start(count: u32, filtered: bool) -> Result<Self, VcpuError> {
+        // Cannot fail for valid signal numbers; without it a thread would just not block them.
+        let _blocked = signals::SignalsBlocked::block(&signals::STOP_SIGNALS).ok();
+        let mut threads = Self {
+            waiting: Vec::with_capacity(count as usize),
+        };
+        for id in 0..count {
+            threads.waiting.push(Self::start_one(id, filtered)?);
+        }
+        Ok(threads)
+    }
+
+    fn start_one(id: u32, filtered: bool) -> Result<Waiting, VcpuError> {
         let inbox = Arc::new(Inbox {
             state: Mutex::new(InboxState {
                 filter: None,
@@ -293,8 +306,7 @@ impl VcpuThread {
             }),
             changed: Condvar::new(),
         });
-        let waiting = inbox.clone();
-        let _blocked = signals::StopSignalsBlocked::new();
+        let theirs = inbox.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -305,16 +317,15 @@ impl VcpuThread {
                 } else {
                     Ok(())
                 };
-                waiting.set_filter(result.map_err(|e| e.to_string()));
+                theirs.set_filter(result.map_err(|e| e.to_string()));
                 let Launch {
-                    vcpu,
+                    mut vcpu,
                     pio,
                     mmio,
                     exit,
                     timeline,
-                } = *waiting.wait()?;
+                } = *theirs.wait()?;
                 seccomp::self_test(Role::Vcpu, filtered);
-                let mut vcpu = vcpu;
                 if vcpu.control.started() == RunState::Running {
                     if id == 0 {
                         timeline.mark(Phase::FirstKvmRun);
@@ -326,36 +337,55 @@ impl VcpuThread {
                 Some(vcpu)
             })
             .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
-        Ok(Self {
-            id,
-            inbox,
-            thread: Some(thread),
-        })
+        Ok(Waiting { id, inbox, thread })
     }
 
-    /// Waits until the thread has installed its filter; the error says why it could not.
+    /// Waits until every thread has installed its filter; the error says which could not.
     pub fn ready(&self) -> Result<(), VcpuError> {
-        self.inbox
-            .filter()
-            .map_err(|what| VcpuError::Filter { cpu: self.id, what })
+        for w in &self.waiting {
+            w.inbox
+                .filter()
+                .map_err(|what| VcpuError::Filter { cpu: w.id, what })?;
+        }
+        Ok(())
     }
 
-    /// Hands the thread its vCPU: it enters the guest now. Call [`VcpuThread::ready`] first: a
-    /// thread without its filter must not be launched. Joining the handle gives the vCPU back
-    /// once the thread has stopped.
-    pub fn launch(mut self, launch: Launch) -> JoinHandle<Option<Vcpu>> {
-        let thread = self.thread.take();
-        self.inbox.deliver(Delivery::Launch(Box::new(launch)));
-        // `start` always sets it, and only this consuming call takes it.
-        thread.expect("a vCPU thread is launched once")
+    /// Hands each thread its vCPU (`vcpus` in id order): they enter the guest now. Call
+    /// [`VcpuThreads::ready`] first: a thread without its filter must not be launched. Joining
+    /// a handle gives its vCPU back once the thread has stopped.
+    pub fn launch(
+        mut self,
+        vcpus: Vec<Vcpu>,
+        pio: &Arc<Bus>,
+        mmio: &Arc<Bus>,
+        exit: &Arc<ExitSignal>,
+        timeline: &Arc<Timeline>,
+    ) -> Vec<JoinHandle<Option<Vcpu>>> {
+        std::mem::take(&mut self.waiting)
+            .into_iter()
+            .zip(vcpus)
+            .map(|(w, vcpu)| {
+                w.inbox.deliver(Delivery::Launch(Box::new(Launch {
+                    vcpu,
+                    pio: pio.clone(),
+                    mmio: mmio.clone(),
+                    exit: exit.clone(),
+                    timeline: timeline.clone(),
+                })));
+                w.thread
+            })
+            .collect()
     }
 }
 
-impl Drop for VcpuThread {
+impl Drop for VcpuThreads {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.inbox.deliver(Delivery::Cancelled);
-            drop(t.join());
+        // All told first, then all joined: they leave together.
+        for w in &self.waiting {
+            w.inbox.deliver(Delivery::Cancelled);
+        }
+        for w in self.waiting.drain(..) {
+            drop(w.thread.join());
         }
     }
 }

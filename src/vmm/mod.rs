@@ -42,7 +42,7 @@ use crate::seccomp::{self, Role, Seccomp, SeccompError};
 use crate::signals::{self, SignalFd};
 use crate::sync::{Background, lock};
 use crate::timing::{Phase, Timeline};
-use crate::vcpu::{Launch, Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuThread};
+use crate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuThreads};
 use events::{ConsoleInput, StopEvents};
 
 /// Where the TSS goes (see the layout).
@@ -205,7 +205,7 @@ pub struct Vmm {
     // maps. Measured on a PVM host (tiny guest, 15 runs each): closing the VM fd is the whole
     // teardown (3.1 ms median, up to 16), and unmapping guest memory first makes it slower
     // (4.2 ms, plus 0.2 for the unmap).
-    threads: Vec<VcpuThread>,
+    threads: VcpuThreads,
     vcpus: Vec<Vcpu>,
     controls: Vec<Arc<VcpuControl>>,
     events: EventManager<Subscriber>,
@@ -255,9 +255,7 @@ impl Vmm {
         // The vCPU threads first: they start and install their filters while the VM is
         // built, on the host's other CPUs (each costs 0.2-0.3 ms on a PVM host), instead of
         // between the last ioctl and the first guest instruction.
-        let threads = (0..vm.vcpus)
-            .map(|id| VcpuThread::start(id, runtime.seccomp != Seccomp::Off))
-            .collect::<Result<Vec<_>, _>>()?;
+        let threads = VcpuThreads::start(vm.vcpus, runtime.seccomp != Seccomp::Off)?;
         // Step 3: the VM and its TSS.
         let vm_err = |what| move |source| VmmError::VmIoctl { what, source };
         let vm_fd = kvm.create_vm().map_err(vm_err("create the VM"))?;
@@ -475,9 +473,7 @@ impl Vmm {
         // this thread's goes on now. Measured on a PVM host, putting it on after the launch
         // instead would start the guest about 0.3 ms sooner, with this thread unconfined while
         // guest code runs: not worth it (docs/security.md).
-        for t in &self.threads {
-            t.ready()?;
-        }
+        self.threads.ready()?;
         if let Some(f) = &vmm_filter {
             seccomp::apply(f, Role::Vmm)?;
         }
@@ -485,20 +481,13 @@ impl Vmm {
         // Into the guest.
         let launched = Launched {
             controls: self.controls.clone(),
-            handles: self
-                .threads
-                .drain(..)
-                .zip(self.vcpus.drain(..))
-                .map(|(thread, vcpu)| {
-                    thread.launch(Launch {
-                        vcpu,
-                        pio: self.pio.clone(),
-                        mmio: self.mmio.clone(),
-                        exit: self.exit.clone(),
-                        timeline: self.timeline.clone(),
-                    })
-                })
-                .collect(),
+            handles: self.threads.launch(
+                std::mem::take(&mut self.vcpus),
+                &self.pio,
+                &self.mmio,
+                &self.exit,
+                &self.timeline,
+            ),
         };
 
         let mut loop_result = Ok(());
