@@ -20,43 +20,35 @@ pub fn register_kick_handler() -> std::io::Result<()> {
 /// The signals that stop a VM: the VMM thread reads them from a [`SignalFd`].
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// Blocks [`STOP_SIGNALS`] in the calling thread until dropped, then restores the mask it
-/// found. A thread started meanwhile inherits the block from its first instruction, so a
-/// SIGINT never reaches a helper or vCPU thread (whose default action would end ember): they
-/// are the VMM thread's, read from its [`SignalFd`].
-pub struct StopSignalsBlocked {
-    old_mask: Option<libc::sigset_t>,
+/// Signals blocked in the calling thread until dropped, which restores the mask it found. A
+/// thread started meanwhile inherits the block from its first instruction: ember's helper and
+/// vCPU threads are started inside one for [`STOP_SIGNALS`], so a SIGINT never reaches them
+/// (its default action would end ember); it is the VMM thread's, read from its [`SignalFd`].
+pub struct SignalsBlocked {
+    set: libc::sigset_t,
+    old_mask: libc::sigset_t,
 }
 
-impl StopSignalsBlocked {
-    /// Blocks them now.
-    pub fn new() -> Self {
-        let Ok(set) = vmm_sys_util::signal::create_sigset(&STOP_SIGNALS) else {
-            // Cannot fail for valid signal numbers.
-            return Self { old_mask: None };
-        };
+impl SignalsBlocked {
+    /// Blocks `signals` in this thread.
+    pub fn block(signals: &[libc::c_int]) -> std::io::Result<Self> {
+        let set = vmm_sys_util::signal::create_sigset(signals)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: sigset_t is plain data; zeroed is a valid set for the call to fill.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: both pointers are to live sigset_t values.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-        Self {
-            old_mask: (rc == 0).then_some(old),
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
         }
+        Ok(Self { set, old_mask })
     }
 }
 
-impl Default for StopSignalsBlocked {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for StopSignalsBlocked {
+impl Drop for SignalsBlocked {
     fn drop(&mut self) {
-        if let Some(old) = &self.old_mask {
-            // SAFETY: restores a mask pthread_sigmask filled in.
-            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-        }
+        // SAFETY: restores the mask pthread_sigmask filled in.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
     }
 }
 
@@ -64,32 +56,27 @@ impl Drop for StopSignalsBlocked {
 /// started meanwhile inherit the mask).
 pub struct SignalFd {
     fd: File,
-    old_mask: libc::sigset_t,
+    // After `fd`: the descriptor closes before the mask is restored.
+    _blocked: SignalsBlocked,
 }
 
 impl SignalFd {
     /// Blocks `signals` in this thread and opens a signalfd for them.
     pub fn new(signals: &[libc::c_int]) -> std::io::Result<Self> {
-        let set = vmm_sys_util::signal::create_sigset(signals)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        // SAFETY: sigset_t is plain data; zeroed is a valid empty set to be filled.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are to live sigset_t values.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: `set` is a valid sigset; -1 asks for a new fd.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        let blocked = SignalsBlocked::block(signals)?;
+        // SAFETY: the blocked set is a valid sigset; -1 asks for a new fd.
+        let fd =
+            unsafe { libc::signalfd(-1, &blocked.set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: restores the mask saved above.
-            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
-            return Err(e);
+            // `blocked` restores the mask.
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: signalfd returned a fresh fd that nothing else owns.
         let fd = unsafe { File::from_raw_fd(fd) };
-        Ok(Self { fd, old_mask })
+        Ok(Self {
+            fd,
+            _blocked: blocked,
+        })
     }
 
     /// The next pending signal, if any.
@@ -118,13 +105,6 @@ impl AsFd for SignalFd {
 impl AsRawFd for SignalFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-impl Drop for SignalFd {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in new().
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
     }
 }
 

@@ -21,7 +21,8 @@ pub struct Background<T: Send + 'static> {
 impl<T: Send + 'static> Background<T> {
     /// Starts computing `f` on a thread named `name`.
     pub fn start(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<Self> {
-        let _blocked = crate::signals::StopSignalsBlocked::new();
+        // Cannot fail for valid signal numbers; without it the thread would just not block them.
+        let _blocked = crate::signals::SignalsBlocked::block(&crate::signals::STOP_SIGNALS).ok();
         let thread = std::thread::Builder::new().name(name.into()).spawn(f)?;
         Ok(Self {
             thread: Some(thread),
