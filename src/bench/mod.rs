@@ -260,24 +260,21 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
             continue;
         }
         let v = &samples[i];
-        let total = Summary::of(&v.iter().map(|x| x.total_ns as f64).collect::<Vec<_>>());
-        let cpu = Summary::of(&v.iter().map(|x| x.cpu_ns as f64).collect::<Vec<_>>());
-        let gone = Summary::of(&v.iter().map(|x| x.gone_ns as f64).collect::<Vec<_>>());
-        let first_output = Summary::of(
-            &v.iter()
-                .filter_map(|x| x.first_output_ns.map(|t| t as f64))
-                .collect::<Vec<_>>(),
-        );
-        let first_kvm_run = Summary::of(
-            &v.iter()
-                .filter_map(|x| x.first_kvm_run_ns.map(|t| t as f64))
-                .collect::<Vec<_>>(),
-        );
-        let ttw = Summary::of(
-            &v.iter()
-                .filter_map(|x| x.to_workload_ns.map(|t| t as f64))
-                .collect::<Vec<_>>(),
-        );
+        // One clock's summary over the runs that have it.
+        let of = |clock: fn(&Sample) -> Option<u64>| {
+            Summary::of(
+                &v.iter()
+                    .filter_map(clock)
+                    .map(|t| t as f64)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let total = of(|x| Some(x.total_ns));
+        let cpu = of(|x| Some(x.cpu_ns));
+        let gone = of(|x| Some(x.gone_ns));
+        let first_output = of(|x| x.first_output_ns);
+        let first_kvm_run = of(|x| x.first_kvm_run_ns);
+        let ttw = of(|x| x.to_workload_ns);
         results.push(SubjectResult {
             name: s.name.clone(),
             skipped: None,
