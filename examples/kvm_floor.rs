@@ -10,8 +10,9 @@
 
 use std::io::Write;
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
+
+mod common;
 
 const MEM_SIZE: usize = 128 << 20;
 const CODE_AT: u64 = 0x1000;
@@ -30,37 +31,12 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let kvm = Kvm::new()?;
     let vm = kvm.create_vm()?;
-    // SAFETY: a fresh anonymous mapping, owned by this process until it exits.
-    let mem = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            MEM_SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if mem == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    let mem = common::map_guest_memory(MEM_SIZE)?;
     // SAFETY: the code fits in the mapping at CODE_AT, which nothing else uses yet.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            GUEST.as_ptr(),
-            (mem as *mut u8).add(CODE_AT as usize),
-            GUEST.len(),
-        )
+        std::ptr::copy_nonoverlapping(GUEST.as_ptr(), mem.add(CODE_AT as usize), GUEST.len())
     };
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem as u64,
-    };
-    // SAFETY: the mapping lives as long as the VM (both end with the process).
-    unsafe { vm.set_user_memory_region(region)? };
+    common::register(&vm, mem, MEM_SIZE)?;
     let mut vcpu = vm.create_vcpu(0)?;
     let mut sregs = vcpu.get_sregs()?;
     for (seg, selector, type_) in [
@@ -90,16 +66,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     vcpu.set_regs(&regs)?;
     // The first KVM_RUN's CLOCK_MONOTONIC time, on stderr: `ember bench` sets it against
     // ember's own `first_kvm_run` stamp.
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    eprintln!(
-        "first_kvm_run_ns={}",
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    );
+    eprintln!("first_kvm_run_ns={}", ember::timing::monotonic_ns());
     let mut out = std::io::stdout().lock();
     for _ in 0..16 {
         match vcpu.run()? {

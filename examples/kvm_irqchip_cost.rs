@@ -10,10 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    KVM_CAP_SPLIT_IRQCHIP, kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region,
-};
+use kvm_bindings::{KVM_CAP_SPLIT_IRQCHIP, kvm_enable_cap, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
+
+mod common;
 
 const MEM_SIZE: usize = 128 << 20;
 const TSS: usize = 0xfffb_d000;
@@ -33,7 +33,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn measure(runs: usize) -> Res<()> {
     let kvm = Kvm::new()?;
-    let mem = map()?;
+    let mem = common::map_guest_memory(MEM_SIZE)?;
     for (before, tss, irqchip, pit) in [
         ("nothing", false, false, false),
         ("the TSS address", true, false, false),
@@ -45,14 +45,14 @@ fn measure(runs: usize) -> Res<()> {
             let vm = kvm.create_vm()?;
             setup(&vm, tss, irqchip, pit)?;
             let start = Instant::now();
-            register(&vm, mem)?;
+            common::register(&vm, mem, MEM_SIZE)?;
             Ok(start.elapsed())
         })?;
         println!("memslot after {before}: {t}");
     }
     let t = times(runs, || {
         let vm = kvm.create_vm()?;
-        register(&vm, mem)?;
+        common::register(&vm, mem, MEM_SIZE)?;
         let start = Instant::now();
         setup(&vm, true, true, true)?;
         Ok(start.elapsed())
@@ -62,7 +62,7 @@ fn measure(runs: usize) -> Res<()> {
     if split {
         let t = times(runs, || {
             let vm = kvm.create_vm()?;
-            register(&vm, mem)?;
+            common::register(&vm, mem, MEM_SIZE)?;
             let start = Instant::now();
             split_irqchip(&vm)?;
             Ok(start.elapsed())
@@ -72,7 +72,7 @@ fn measure(runs: usize) -> Res<()> {
             let vm = kvm.create_vm()?;
             split_irqchip(&vm)?;
             let start = Instant::now();
-            register(&vm, mem)?;
+            common::register(&vm, mem, MEM_SIZE)?;
             Ok(start.elapsed())
         })?;
         println!("memslot after a split irqchip: {t}");
@@ -90,7 +90,7 @@ fn measure(runs: usize) -> Res<()> {
         }
         let t = times(runs, || {
             let vm = kvm.create_vm()?;
-            register(&vm, mem)?;
+            common::register(&vm, mem, MEM_SIZE)?;
             match irqchip {
                 Irqchip::None => {}
                 Irqchip::InKernel => setup(&vm, false, true, false)?,
@@ -138,38 +138,6 @@ fn setup(vm: &VmFd, tss: bool, irqchip: bool, pit: bool) -> Res<()> {
         vm.create_pit2(kvm_pit_config::default())?;
     }
     Ok(())
-}
-
-fn register(vm: &VmFd, mem: u64) -> Res<()> {
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem,
-    };
-    // SAFETY: the mapping is never unmapped while this process runs.
-    unsafe { vm.set_user_memory_region(region)? };
-    Ok(())
-}
-
-/// One anonymous mapping every VM registers; it lives as long as the process.
-fn map() -> Res<u64> {
-    // SAFETY: a fresh anonymous mapping that nothing else uses.
-    let mem = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            MEM_SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if mem == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(mem as u64)
 }
 
 /// `f` run `runs` times, as "min-max ms (n runs)".
