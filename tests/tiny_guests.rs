@@ -24,7 +24,8 @@ fn device_interrupts_reach_the_guest_through_embers_ioapic() {
     // COM1's pin, programmed by the guest in ember's IOAPIC, becomes an MSI route in KVM: the
     // UART's irqfd interrupts the vCPU, edge-triggered and then level-triggered (whose EOI
     // comes back to ember as KVM_EXIT_IOAPIC_EOI and must not stop the VM).
-    let o = run_guest("irq", &["--log-level", "debug"]);
+    // A route that never arrives leaves the guest halted: the timeout makes that a failure.
+    let o = run_guest("irq", &["--log-level", "debug", "--timeout", "20s"]);
     assert!(
         o.stdout.contains("ioapic version 0x0000000000170020"),
         "{o:?}"

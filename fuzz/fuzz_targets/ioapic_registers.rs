@@ -37,11 +37,12 @@ fuzz_target!(|data: &[u8]| {
     for op in data.chunks(4) {
         let (off, kind) = (op[0], op.get(1).copied().unwrap_or(0));
         let val = [op.get(2).copied().unwrap_or(0), op.get(3).copied().unwrap_or(0)];
-        // Mostly the three registers; any offset in the window now and then.
-        let offset = match off & 3 {
-            0 => 0x00,
-            1 | 2 => 0x10,
-            _ => u64::from(off) << 4,
+        // Mostly the three registers; any offset in the window's first KiB now and then.
+        let offset = match off & 7 {
+            0 | 1 => 0x00,
+            2..=4 => 0x10,
+            5 => 0x40,
+            _ => u64::from(off) << 2,
         };
         let width = 1 + (kind as usize & 7);
         if kind & 0x80 != 0 {

@@ -4,9 +4,11 @@
 //! entry becomes an MSI route for its pin's GSI (KVM_SET_GSI_ROUTING), and the devices' irqfds
 //! on those GSIs reach the local APICs through KVM without ember in the path.
 //!
-//! The register interface is an 82093AA-style IOAPIC of version 0x20 (with the EOI register):
-//! IOREGSEL at 0x00, IOWIN at 0x10, EOI at 0x40; ID, version, arbitration, then two 32-bit
-//! registers per redirection entry. Everything here is guest-controlled input: any offset,
+//! The register interface is that of an IOAPIC of version 0x20 (the chipset IOAPICs after the
+//! 82093AA, with an EOI register): IOREGSEL at 0x00, IOWIN at 0x10, EOI at 0x40; ID, version,
+//! arbitration, then two 32-bit registers per redirection entry. Version 0x20 matters: with an
+//! older one Linux clears a level-triggered pin's remote IRR by rewriting its entry (mask,
+//! edge, unmask, level), and every rewrite here would be a KVM_SET_GSI_ROUTING. Everything here is guest-controlled input: any offset,
 //! size or value is accepted and either applied or ignored, never trusted.
 
 use std::sync::Arc;
@@ -43,11 +45,9 @@ const RTE_DEST_LOGICAL: u64 = 1 << 11;
 const RTE_READ_ONLY: u64 = (1 << 12) | (1 << 14);
 const RTE_LEVEL: u64 = 1 << 15;
 const RTE_MASKED: u64 = 1 << 16;
+/// Bits 56-63: the destination APIC id (or logical set). ember's APIC ids fit in 8 bits (at
+/// most 254 vCPUs), so the extended destination ids some hypervisors offer are not needed.
 const RTE_DEST_SHIFT: u32 = 56;
-/// Bits 49-55: destination bits 8-14 under KVM's extended destination ID
-/// (KVM_FEATURE_MSI_EXT_DEST_ID), carried into the MSI address's bits 5-11.
-const RTE_EXT_DEST_SHIFT: u32 = 49;
-const RTE_EXT_DEST_MASK: u64 = 0x7f;
 /// ExtINT: the interrupt comes from a PIC, which this platform does not have.
 const DELIVERY_EXTINT: u64 = 7;
 
@@ -97,6 +97,8 @@ pub struct Ioapic {
     entries: [u64; IOAPIC_PINS],
     routes: Box<dyn RouteTable>,
     installed: Vec<MsiRoute>,
+    /// KVM refused the last table: the next entry write tries again, changed or not.
+    refused: bool,
 }
 
 impl Ioapic {
@@ -109,6 +111,7 @@ impl Ioapic {
             entries: [RTE_RESET; IOAPIC_PINS],
             routes,
             installed: Vec::new(),
+            refused: false,
         }
     }
 
@@ -140,7 +143,7 @@ impl Ioapic {
                     (old & !0xffff_ffff) | (u64::from(value) & !RTE_READ_ONLY)
                 };
                 self.entries[pin] = new;
-                if new != old {
+                if new != old || self.refused {
                     self.update_routes();
                 }
             }
@@ -165,10 +168,19 @@ impl Ioapic {
             return;
         }
         match self.routes.install(&routes) {
-            Ok(()) => self.installed = routes,
-            // The table keeps its previous routes: the guest sees lost interrupts on the pins
-            // it changed, and the host a warning with KVM's reason.
-            Err(e) => log::warn!("IOAPIC: KVM refused the interrupt routes: {e}"),
+            Ok(()) => {
+                log::debug!("IOAPIC: {} interrupt routes installed", routes.len());
+                self.installed = routes;
+                self.refused = false;
+            }
+            // KVM keeps the previous routes: the pins the guest changed deliver as before
+            // until a later write gets the table in. One warning per refusal, not per retry.
+            Err(e) => {
+                if !self.refused {
+                    log::warn!("IOAPIC: KVM refused the interrupt routes: {e}");
+                }
+                self.refused = true;
+            }
         }
     }
 }
@@ -181,9 +193,8 @@ fn route(gsi: u32, entry: u64) -> Option<MsiRoute> {
         return None;
     }
     let dest = (entry >> RTE_DEST_SHIFT) & 0xff;
-    let ext_dest = (entry >> RTE_EXT_DEST_SHIFT) & RTE_EXT_DEST_MASK;
     let logical = u64::from(entry & RTE_DEST_LOGICAL != 0);
-    let address = LAPIC_START | (dest << 12) | (ext_dest << 5) | (logical << 2);
+    let address = LAPIC_START | (dest << 12) | (logical << 2);
     // A level-triggered entry keeps its trigger mode, so that the local APIC marks the vector
     // and KVM reports its EOI (KVM_EXIT_IOAPIC_EOI) instead of the guest having to write
     // ours. The devices pulse their lines (irqfds), so nothing is pending after an EOI.
@@ -338,11 +349,11 @@ mod tests {
     }
 
     #[test]
-    fn extended_destination_bits_reach_the_msi_address() {
+    fn only_the_8_bit_destination_reaches_the_msi_address() {
         let (mut io, rec) = ioapic();
-        program(&mut io, 5, (0x12 << 56) | (0x05 << 49) | 0x50);
+        program(&mut io, 5, (0x12 << 56) | (0x7f << 48) | 0x50);
         let tables = rec.tables.lock().unwrap();
-        assert_eq!(tables[0][0].address, 0xfee1_2000 | (0x05 << 5));
+        assert_eq!(tables[0][0].address, 0xfee1_2000);
     }
 
     #[test]
@@ -362,10 +373,11 @@ mod tests {
         *rec.fail.lock().unwrap() = true;
         program(&mut io, 5, 0x32);
         *rec.fail.lock().unwrap() = false;
-        program(&mut io, 6, 0x33);
+        // The same value again: nothing changed, but the refused table is tried again.
+        program(&mut io, 5, 0x32);
         let tables = rec.tables.lock().unwrap();
         assert_eq!(tables.len(), 2);
-        assert_eq!(tables[1].len(), 3);
+        assert_eq!(tables[1].len(), 2);
     }
 
     #[test]

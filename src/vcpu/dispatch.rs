@@ -25,8 +25,8 @@ pub enum Next {
 }
 
 /// Handles one exit of vCPU `cpu`: port and MMIO accesses go to the buses (an access no device
-/// claims is dropped or reads all ones); HLT, IRQ-window and interrupt exits resume; anything
-/// else ends the VM with a reason.
+/// claims is dropped or reads all ones); HLT, IRQ-window, interrupt and IOAPIC-EOI exits
+/// resume; anything else ends the VM with a reason.
 pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
     match exit {
         VcpuExit::IoOut(port, data) => {
