@@ -18,7 +18,7 @@ pub enum Phase {
     ConfigParsed,
     /// /dev/kvm opened, API version and capabilities checked.
     KvmReady,
-    /// VM and its TSS created.
+    /// VM, TSS, irqchip and PIT created.
     VmCreated,
     /// Guest memory mapped and registered with KVM.
     MemoryMapped,
