@@ -9,9 +9,13 @@ const KVM_API_VERSION: i32 = 12;
 
 /// Capabilities ember uses, with what it uses each for.
 pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
-    (Cap::Irqchip, "in-kernel PIC, IOAPIC and LAPIC"),
-    (Cap::Pit2, "in-kernel PIT"),
-    (Cap::Irqfd, "serial interrupts without a vCPU exit"),
+    (
+        Cap::SplitIrqchip,
+        "local APICs in KVM, the IOAPIC in ember, no PIC or PIT",
+    ),
+    (Cap::IrqRouting, "the IOAPIC's pins as MSI routes"),
+    (Cap::TscDeadlineTimer, "a guest timer without a PIT"),
+    (Cap::Irqfd, "device interrupts without a vCPU exit"),
     (Cap::Ioeventfd, "device doorbells without a vCPU exit"),
     (Cap::UserMemory, "guest memory from ember's address space"),
     (Cap::SetTssAddr, "the TSS page KVM needs on Intel"),
@@ -165,7 +169,7 @@ pub fn host_report() -> Result<String, KvmError> {
         } else {
             "MISSING"
         };
-        out.push_str(&format!("  {:<13} {ok:<7} {what}\n", format!("{cap:?}")));
+        out.push_str(&format!("  {:<16} {ok:<7} {what}\n", format!("{cap:?}")));
     }
     if flavour == HostFlavour::Pvm {
         out.push_str(&format!(

@@ -23,6 +23,9 @@ use seccompiler::{
 const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`, read to report an internal error.
 const KVM_GET_REGS: u64 = 0x8090_ae81;
+/// `KVM_SET_GSI_ROUTING`: `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`, made by the IOAPIC when
+/// the guest reprograms a pin (the guest's MMIO write arrives on a vCPU thread).
+const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 
 /// Which threads run under a seccomp filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +279,11 @@ fn ioctls(role: Role) -> Vec<(Option<u64>, u64)> {
     // glibc's tcsetattr reads the settings (TCGETS) before it writes them (TCSETS).
     let mut list = vec![(Some(stdin), libc::TCGETS), (Some(stdin), libc::TCSETS)];
     if role == Role::Vcpu {
-        list.extend([(None, KVM_RUN), (None, KVM_GET_REGS)]);
+        list.extend([
+            (None, KVM_RUN),
+            (None, KVM_GET_REGS),
+            (None, KVM_SET_GSI_ROUTING),
+        ]);
     }
     list
 }

@@ -41,7 +41,10 @@ pub const DEFAULT_CMDLINE: &str =
 ///   (kernels/patches/) skip the INT3 self-test and an FWAIT the host cannot emulate; other
 ///   kernels ignore them.
 ///
-/// All of them are also correct on hardware KVM, only slower, and ember never adds them there.
+/// ember never adds them on hardware KVM. There, with no PIT (ember's split irqchip), the
+/// TSC-deadline timer is the guest's tick: `lapic=notscdeadline` would leave it none (on PVM
+/// the kernel says `APIC timer disabled due to verification failure` and boots on without a
+/// tick, docs/hosts.md).
 pub const PVM_CMDLINE_EXTRA: &str =
     "noxsave clearcpuid=popcnt,smap lapic=notscdeadline no_int3_selftest no_fpu_drop_fwait";
 /// How long a Linux guest on a PVM host may run when no `--timeout` is given. Its userspace

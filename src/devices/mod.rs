@@ -1,8 +1,10 @@
-//! Devices ember emulates in userspace. The PIC, IOAPIC, LAPIC and PIT live in KVM.
+//! Devices ember emulates in userspace, the IOAPIC among them. The local APICs live in KVM
+//! (its split irqchip); there is no PIC and no PIT.
 
 pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
+pub mod ioapic;
 pub mod manager;
 pub mod power;
 pub mod serial;

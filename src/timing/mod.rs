@@ -18,7 +18,7 @@ pub enum Phase {
     ConfigParsed,
     /// /dev/kvm opened, API version and capabilities checked.
     KvmReady,
-    /// VM, TSS, irqchip and PIT created.
+    /// VM and its TSS created.
     VmCreated,
     /// Guest memory mapped and registered with KVM.
     MemoryMapped,

@@ -25,8 +25,8 @@ pub enum Next {
 }
 
 /// Handles one exit of vCPU `cpu`: port and MMIO accesses go to the buses (an access no device
-/// claims is dropped or reads all ones); HLT, IRQ-window and interrupt exits resume; anything
-/// else ends the VM with a reason.
+/// claims is dropped or reads all ones); HLT, IRQ-window, interrupt and IOAPIC-EOI exits
+/// resume; anything else ends the VM with a reason.
 pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
     match exit {
         VcpuExit::IoOut(port, data) => {
@@ -52,6 +52,12 @@ pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
         // With the in-kernel LAPIC a halted vCPU sleeps in KVM; an exit here is only a
         // notification, and the guest is resumed.
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Next::Run,
+        // The EOI of a level-triggered IOAPIC vector: ember's devices pulse their lines, so no
+        // pin is still asserted and nothing is delivered again (devices::ioapic).
+        VcpuExit::IoapicEoi(vector) => {
+            log::debug!("vCPU {cpu}: EOI of level-triggered vector {vector:#x}");
+            Next::Run
+        }
         VcpuExit::Shutdown => Next::TripleFault,
         VcpuExit::SystemEvent(kind, _) => Next::Stop(match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
@@ -155,6 +161,7 @@ mod tests {
         let d = |e| dispatch(e, 3, &pio, &mmio);
         assert_eq!(d(VcpuExit::Hlt), Next::Run);
         assert_eq!(d(VcpuExit::IrqWindowOpen), Next::Run);
+        assert_eq!(d(VcpuExit::IoapicEoi(0x31)), Next::Run);
         assert_eq!(d(VcpuExit::Shutdown), Next::TripleFault);
         assert_eq!(d(VcpuExit::InternalError), Next::InternalError);
         assert_eq!(

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_pit_config};
+use kvm_bindings::{KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES, kvm_enable_cap};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -25,6 +25,7 @@ use crate::arch::x86_64::{acpi, layout, mptable};
 use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::ioapic::{IOAPIC_MMIO_LEN, Ioapic};
 use crate::devices::manager::{DeviceSpec, ManagerError, Registrar};
 use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
@@ -201,21 +202,22 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    // Field order is drop order: vCPU fds close before the VM, the VM before the memory it
-    // maps. Measured on a PVM host (tiny guest, 15 runs each): closing the VM fd is the whole
-    // teardown (3.1 ms median, up to 16), and unmapping guest memory first makes it slower
+    // Field order is drop order: vCPU fds and the devices (the IOAPIC holds the VM, to set its
+    // routes) go before the VM, the VM before the memory it maps. Measured on a PVM host with
+    // the in-kernel irqchip (tiny guest, 15 runs each): closing the VM fd was the whole
+    // teardown (3.1 ms median, up to 16), and unmapping guest memory first made it slower
     // (4.2 ms, plus 0.2 for the unmap).
     threads: VcpuThreads,
     vcpus: Vec<Vcpu>,
     controls: Vec<Arc<VcpuControl>>,
     events: EventManager<Subscriber>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     vm: Arc<VmFd>,
     _kvm: Arc<Kvm>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
     timeout: Option<Duration>,
     measure_guest_memory: bool,
     seccomp: Seccomp,
@@ -264,21 +266,23 @@ impl Vmm {
             .map_err(vm_err("set the TSS address"))?;
         timeline.mark(Phase::VmCreated);
 
-        // Step 4: guest memory, mapped and registered before the in-kernel irqchip. Measured
-        // on a PVM host (examples/kvm_irqchip_cost.rs, docs/startup-latency.md): a memslot
-        // registered after KVM_CREATE_IRQCHIP takes 5-12 ms, waiting out an SRCU grace period;
-        // before it, under 0.2 ms, and the irqchip and PIT after it as little.
+        // Step 4: guest memory, then the interrupt controllers. A split irqchip: KVM keeps only
+        // the local APICs, ember the IOAPIC (`devices::ioapic`); there is no PIC and no PIT.
+        // Measured on a PVM host (examples/kvm_irqchip_cost.rs, docs/startup-latency.md): the
+        // in-kernel PIC, IOAPIC and PIT cost 0.1-0.5 ms to create and 13-18 ms of KVM's time to
+        // destroy, and a memslot registered after them waits out an SRCU grace period (5-12
+        // ms); the split irqchip costs under 0.01 ms, and a VM without them closes in 0.3-0.4.
         let mem = memory::create(vm.mem_size)?;
         memory::register(&vm_fd, &memory::regions(&mem))?;
         timeline.mark(Phase::MemoryMapped);
+        let split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            args: [layout::IOAPIC_PINS as u64, 0, 0, 0],
+            ..Default::default()
+        };
         vm_fd
-            .create_irq_chip()
-            .map_err(vm_err("create the irqchip"))?;
-        // Measured on a PVM host: made on the helper thread instead, the PIT (0.1-0.5 ms) saved
-        // nothing; it holds the VM's lock that vCPU creation needs.
-        vm_fd
-            .create_pit2(kvm_pit_config::default())
-            .map_err(vm_err("create the PIT"))?;
+            .enable_cap(&split)
+            .map_err(vm_err("enable the split irqchip"))?;
         let vm_fd = Arc::new(vm_fd);
         {
             // Step 5: devices.
@@ -323,6 +327,13 @@ impl Vmm {
             )?;
             let mut mmio = Bus::new();
             mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
+            // The IOAPIC's id: after the vCPUs' APIC ids, as the MP table and MADT say.
+            let ioapic = Ioapic::new(vm.vcpus as u8, Box::new(vm_fd.clone()));
+            mmio.insert(
+                Arc::new(Mutex::new(ioapic)),
+                layout::IOAPIC_START,
+                IOAPIC_MMIO_LEN,
+            )?;
             let mut registrar = Registrar {
                 vm: &vm_fd,
                 mem: &mem,

@@ -12,6 +12,10 @@ fn boot_project_kernel(test: &str, file: &str) {
     if hardware(test) {
         let o = run(&["run", "--kernel", &k], HW_LIMIT);
         assert_greeting(&o, 1);
+        // No PIC, no PIT (ember's split irqchip): the kernel finds no 8259 and keeps time
+        // with the local APIC's TSC-deadline timer.
+        assert!(o.stdout.contains("Using NULL legacy PIC"), "{o:?}");
+        assert!(o.stdout.contains("TSC deadline timer available"), "{o:?}");
     } else {
         let o = run(
             &["run", "--kernel", &k, "--cmdline", DEFAULT_CMDLINE],

@@ -29,8 +29,6 @@ use super::layout;
 const OEM_ID: [u8; 6] = *b"EMBER ";
 const OEM_TABLE_ID: [u8; 8] = *b"MICROVM ";
 const OEM_REVISION: u32 = 1;
-/// MADT flag: the platform also has dual 8259 PICs (KVM's), which the kernel must mask.
-const MADT_PCAT_COMPAT: u32 = 1;
 /// FADT IA-PC boot architecture flags: no VGA, no MSI, no CMOS RTC. The i8042 flag stays off
 /// so that a kernel does not probe a keyboard; `reboot=k` still pulses its reset line.
 const IAPC_NO_VGA: u16 = 1 << 2;
@@ -151,10 +149,8 @@ pub fn build(
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(cpu_count as u8, layout::IOAPIC_START as u32, 0));
-    let mut madt = bytes_of(&madt);
-    // acpi_tables leaves the MADT's flags word (after the local-APIC address) zero.
-    madt[40..44].copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    fix_checksum(&mut madt);
+    // The MADT's flags word stays zero: no PCAT_COMPAT, as there are no 8259 PICs.
+    let madt = bytes_of(&madt);
 
     // Addresses in order: RSDP, XSDT (three entries), FADT, DSDT, MADT, each 16-aligned.
     let align = |a: u64| a.next_multiple_of(16);
@@ -193,13 +189,6 @@ pub fn build(
         (dsdt_addr, dsdt),
         (madt_addr, madt),
     ])
-}
-
-/// Makes a system description table's bytes sum to zero again (its checksum is byte 9).
-fn fix_checksum(table: &mut [u8]) {
-    table[9] = 0;
-    let sum = table.iter().fold(0u8, |a, &b| a.wrapping_add(b));
-    table[9] = 0u8.wrapping_sub(sum);
 }
 
 /// Writes the tables into guest memory; returns the RSDP's address for the boot protocol.
@@ -261,9 +250,9 @@ mod tests {
         assert_eq!(u64_at(fadt, 116 + 4), layout::POWER_RESET_PORT);
         assert_eq!(fadt[128], layout::POWER_RESET_VALUE);
         assert_eq!(u64_at(fadt, 244 + 4), layout::POWER_SLEEP_PORT);
-        // MADT: the LAPIC address, PC-AT flag, four enabled CPUs, then the IOAPIC.
+        // MADT: the LAPIC address, no PC-AT flag (no 8259s), four enabled CPUs, the IOAPIC.
         assert_eq!(u32_at(madt, 36), layout::LAPIC_START as u32);
-        assert_eq!(u32_at(madt, 40), 1);
+        assert_eq!(u32_at(madt, 40), 0);
         for cpu in 0..4usize {
             let e = &madt[44 + cpu * 8..][..8];
             assert_eq!(

@@ -19,6 +19,8 @@ fn bits_for(n: u32) -> u32 {
     }
 }
 
+/// Leaf 1 ECX bit 24: the local APIC timer's TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX bit 27: OSXSAVE, a copy of CR4.OSXSAVE (clear at reset).
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 /// Leaf 7.0 ECX bit 4: OSPKE, a copy of CR4.PKE (clear at reset).
@@ -34,8 +36,11 @@ fn normalise_entry(e: &mut kvm_cpuid_entry2, cpu_id: u32, cpu_count: u32) {
         0x1 => {
             // EBX: [31:24] initial APIC id, [23:16] logical processors per package.
             e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((cpu_count & 0xff) << 16);
-            // ECX bit 31: running under a hypervisor.
-            e.ecx |= 1 << 31;
+            // ECX bit 31: running under a hypervisor. Bit 24: the TSC-deadline mode of the
+            // local APIC timer, which KVM emulates (KVM_CAP_TSC_DEADLINE_TIMER, a required
+            // capability) but leaves out of its supported set. With it and kvmclock a Linux
+            // guest needs no PIT to calibrate or drive its timer, and there is none.
+            e.ecx |= (1 << 31) | LEAF1_ECX_TSC_DEADLINE;
             e.ecx &= !LEAF1_ECX_OSXSAVE;
             // EDX bit 28 (HTT): the package has more than one logical processor.
             if cpu_count > 1 {
@@ -112,7 +117,7 @@ mod tests {
     }
 
     #[test]
-    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+    fn leaf1_carries_apic_id_count_hypervisor_and_tsc_deadline_bits() {
         let mut e = entry(1, 0);
         e.ecx = 0;
         normalise_entry(&mut e, 5, 8);
@@ -120,6 +125,7 @@ mod tests {
         assert_eq!((e.ebx >> 16) & 0xff, 8);
         assert_eq!(e.ebx & 0xffff, 0xffff);
         assert_ne!(e.ecx & (1 << 31), 0);
+        assert_ne!(e.ecx & (1 << 24), 0);
         assert_ne!(e.edx & (1 << 28), 0);
 
         let mut one = entry(1, 0);

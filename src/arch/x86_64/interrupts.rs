@@ -1,5 +1,7 @@
-//! Local APIC set-up: LINT0 takes the legacy PIC's interrupts (ExtINT), LINT1 NMIs, as the
-//! MP table says and as firmware would leave them.
+//! Local APIC set-up: LINT0 in ExtINT mode, LINT1 NMIs, as the MP table says and as PC
+//! firmware leaves them. There is no PIC behind LINT0 (ember's split irqchip), so nothing
+//! arrives there; the mode only keeps the state a kernel expects from a PC (Linux reprograms
+//! both lines itself).
 
 use kvm_bindings::kvm_lapic_state;
 

@@ -60,12 +60,16 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// The size of that area: room for 4096 devices.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x0100_0000;
 /// The interrupt lines (IOAPIC pins, GSIs) ember hands to devices: 4 is COM1's, 0-3 are the
-/// PIT's and the legacy ones; the IOAPIC has 24 pins.
+/// legacy ISA ones (timer, keyboard, cascade, COM2), left free; the IOAPIC has 24 pins.
 pub const DEVICE_IRQ_FIRST: u32 = 5;
 /// The last of them.
 pub const DEVICE_IRQ_LAST: u32 = 23;
-/// The IOAPIC's MMIO base.
+/// The IOAPIC's MMIO base (ember's own IOAPIC, `devices::ioapic`).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The IOAPIC's pins: GSIs 0-23.
+pub const IOAPIC_PINS: usize = 24;
+/// The IOAPIC's version: 0x20, the first with an EOI register.
+pub const IOAPIC_VERSION: u8 = 0x20;
 /// The local APIC's MMIO base.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 

@@ -7,7 +7,6 @@ use super::layout;
 
 const MPC_SPEC_REV: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
-const IOAPIC_VERSION: u8 = 0x11;
 const CPU_ENABLED: u8 = 1;
 const CPU_BOOTPROCESSOR: u8 = 2;
 /// Family 6, the signature Linux expects from a modern CPU.
@@ -17,8 +16,6 @@ const CPU_FEATURES: u32 = 0x201;
 const IRQ_TYPE_INT: u8 = 0;
 const IRQ_TYPE_NMI: u8 = 1;
 const IRQ_TYPE_EXTINT: u8 = 3;
-/// IOAPIC pins routed from the ISA bus.
-const IOAPIC_PINS: u8 = 24;
 
 /// Errors writing the MP table.
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +50,15 @@ pub fn build(base: u64, cpu_count: u32) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[1, 0]);
     entries.extend_from_slice(b"ISA   ");
     entry_count += 1;
-    entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
+    entries.extend_from_slice(&[2, ioapic_id, layout::IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     entry_count += 1;
-    for irq in 0..IOAPIC_PINS {
+    for irq in 0..layout::IOAPIC_PINS as u8 {
         entries.extend_from_slice(&[3, IRQ_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
         entry_count += 1;
     }
-    // LINT0 takes the PIC's ExtINT, LINT1 NMIs, on every local APIC.
+    // LINT0 would take a PIC's ExtINT (there is none: it stays idle), LINT1 NMIs, on every
+    // local APIC.
     entries.extend_from_slice(&[4, IRQ_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     entries.extend_from_slice(&[4, IRQ_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
     entry_count += 2;
