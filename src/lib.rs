@@ -12,6 +12,7 @@ pub mod exit;
 pub mod initramfs;
 pub mod kvm;
 pub mod memory;
+pub mod placement;
 pub mod resolve;
 pub mod seccomp;
 pub mod signals;

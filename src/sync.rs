@@ -4,6 +4,8 @@
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::placement::{self, Placement};
+
 /// Locks `m`, recovering it if a thread panicked while holding it: device state stays usable
 /// and a panic is reported through the exit path, not by poisoning every later access.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -19,11 +21,17 @@ pub struct Background<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> Background<T> {
-    /// Starts computing `f` on a thread named `name`.
-    pub fn start(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<Self> {
+    /// Starts computing `f` on a thread named `name`, off this thread's CPU with a placement
+    /// ([`placement::spawn`]).
+    pub fn start(
+        name: &str,
+        placement: Option<&Placement>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::io::Result<Self> {
         // Cannot fail for valid signal numbers; without it the thread would just not block them.
         let _blocked = crate::signals::SignalsBlocked::block(&crate::signals::STOP_SIGNALS).ok();
-        let thread = std::thread::Builder::new().name(name.into()).spawn(f)?;
+        let builder = std::thread::Builder::new().name(name.into());
+        let thread = placement::spawn(placement, builder, f)?;
         Ok(Self {
             thread: Some(thread),
         })

@@ -21,6 +21,7 @@ use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::placement::{self, Placement};
 use crate::seccomp::{self, Role};
 use crate::signals;
 use crate::sync::lock;
@@ -285,20 +286,31 @@ pub struct VcpuThreads {
 
 impl VcpuThreads {
     /// Starts one thread per vCPU; each builds and installs the vCPU filter if `filtered`, and
-    /// waits. They start with the stop signals blocked: those are the VMM thread's.
-    pub fn start(count: u32, filtered: bool) -> Result<Self, VcpuError> {
+    /// waits. They start with the stop signals blocked: those are the VMM thread's; with a
+    /// placement, off the caller's CPU ([`placement::spawn`]).
+    pub fn start(
+        count: u32,
+        filtered: bool,
+        placement: Option<Placement>,
+    ) -> Result<Self, VcpuError> {
         // Cannot fail for valid signal numbers; without it a thread would just not block them.
         let _blocked = signals::SignalsBlocked::block(&signals::STOP_SIGNALS).ok();
         let mut threads = Self {
             waiting: Vec::with_capacity(count as usize),
         };
         for id in 0..count {
-            threads.waiting.push(Self::start_one(id, filtered)?);
+            threads
+                .waiting
+                .push(Self::start_one(id, filtered, placement)?);
         }
         Ok(threads)
     }
 
-    fn start_one(id: u32, filtered: bool) -> Result<Waiting, VcpuError> {
+    fn start_one(
+        id: u32,
+        filtered: bool,
+        placement: Option<Placement>,
+    ) -> Result<Waiting, VcpuError> {
         let inbox = Arc::new(Inbox {
             state: Mutex::new(InboxState {
                 filter: None,
@@ -307,35 +319,35 @@ impl VcpuThreads {
             changed: Condvar::new(),
         });
         let theirs = inbox.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                // The filter goes on before the vCPU arrives, so before any guest instruction;
-                // the VMM thread checks how it went before it launches any vCPU.
-                let result = if filtered {
-                    seccomp::filter(Role::Vcpu).and_then(|f| seccomp::apply(&f, Role::Vcpu))
-                } else {
-                    Ok(())
-                };
-                theirs.set_filter(result.map_err(|e| e.to_string()));
-                let Launch {
-                    mut vcpu,
-                    pio,
-                    mmio,
-                    exit,
-                    timeline,
-                } = *theirs.wait()?;
-                seccomp::self_test(Role::Vcpu, filtered);
-                if vcpu.control.started() == RunState::Running {
-                    if id == 0 {
-                        timeline.mark(Phase::FirstKvmRun);
-                    }
-                    vcpu.run(&pio, &mmio, &exit);
+        let builder = std::thread::Builder::new().name(format!("vcpu{id}"));
+        let run = move || {
+            // The filter goes on before the vCPU arrives, so before any guest instruction;
+            // the VMM thread checks how it went before it launches any vCPU.
+            let result = if filtered {
+                seccomp::filter(Role::Vcpu).and_then(|f| seccomp::apply(&f, Role::Vcpu))
+            } else {
+                Ok(())
+            };
+            theirs.set_filter(result.map_err(|e| e.to_string()));
+            let Launch {
+                mut vcpu,
+                pio,
+                mmio,
+                exit,
+                timeline,
+            } = *theirs.wait()?;
+            seccomp::self_test(Role::Vcpu, filtered);
+            if vcpu.control.started() == RunState::Running {
+                if id == 0 {
+                    timeline.mark(Phase::FirstKvmRun);
                 }
-                vcpu.control.finished();
-                // Handed back so the joining thread closes the fd: close is not in the filter.
-                Some(vcpu)
-            })
+                vcpu.run(&pio, &mmio, &exit);
+            }
+            vcpu.control.finished();
+            // Handed back so the joining thread closes the fd: close is not in the filter.
+            Some(vcpu)
+        };
+        let thread = placement::spawn(placement.as_ref(), builder, run)
             .map_err(|source| VcpuError::Spawn { cpu: id, source })?;
         Ok(Waiting { id, inbox, thread })
     }
