@@ -24,7 +24,6 @@ pub const IOAPIC_MMIO_LEN: u64 = 0x1000;
 
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
-const EOI: u64 = 0x40;
 
 const REG_ID: u8 = 0x00;
 const REG_VERSION: u8 = 0x01;
@@ -238,8 +237,8 @@ impl BusDevice for Ioapic {
         match offset {
             IOREGSEL => self.select = value as u8,
             IOWIN => self.write_register(value),
-            // Nothing is ever pending after an EOI (see `route`).
-            EOI => {}
+            // The EOI register (0x40) among them: nothing is ever pending after an EOI (see
+            // `route`).
             _ => {}
         }
     }
@@ -250,6 +249,9 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// The EOI register, which the device accepts and ignores.
+    const EOI: u64 = 0x40;
 
     /// Records every table installed; fails when told to.
     #[derive(Clone, Default)]

@@ -54,15 +54,10 @@ _start:
     mov $0x08, %al
     out %al, %dx
 
-    /* Interrupts stay off until `sti; hlt`, whose one-instruction shadow makes the HLT
-       come first: an interrupt taken before it would leave the HLT waiting for ever. */
     movl $0, count(%rip)
     call uart_interrupt
-1:  sti
-    hlt
-    cli
-    cmpl $1, count(%rip)
-    jb 1b
+    mov $1, %ecx
+    call wait_for_count
     lea edge(%rip), %rsi
     call puts
 
@@ -70,14 +65,22 @@ _start:
     movl $(0x10 + 2 * COM1_PIN), (%rbx)
     movl $(VECTOR | 0x8000), 0x10(%rbx)
     call uart_interrupt
-2:  sti
-    hlt
-    cli
-    cmpl $2, count(%rip)
-    jb 2b
+    mov $2, %ecx
+    call wait_for_count
     lea level(%rip), %rsi
     call puts
     call reset
+
+/* Waits, halted, until the handler has counted %ecx interrupts. Interrupts stay off until
+   `sti; hlt`, whose one-instruction shadow makes the HLT come first: an interrupt taken before
+   it would leave the HLT waiting for ever. */
+wait_for_count:
+1:  sti
+    hlt
+    cli
+    cmp %ecx, count(%rip)
+    jb 1b
+    ret
 
 /* Enables the UART's transmit-empty interrupt, which it raises at once. */
 uart_interrupt:
