@@ -49,6 +49,25 @@ putdec:
     jnz 2b
     ret
 
+/* Prints the string at %rsi, %rax in hex, and a newline. Clobbers rax, rcx, rdx, rsi, rdi. */
+say_hex:
+    push %rax
+    call puts
+    pop %rax
+    call puthex
+    lea newline(%rip), %rsi
+    jmp puts
+
+/* Prints the string at %rsi, %rax (< 1000) in decimal, and a newline. Clobbers rax, rbx, rcx,
+   rdx, rsi. */
+say_dec:
+    push %rax
+    call puts
+    pop %rax
+    call putdec
+    lea newline(%rip), %rsi
+    jmp puts
+
 /* Tells ember "userspace reached" through the boot-timer port. */
 boot_done:
     mov $BOOT_TIMER_PORT, %dx
@@ -62,3 +81,6 @@ reset:
     out %al, $0x64
 1:  hlt
     jmp 1b
+
+/* The end of every line say_hex and say_dec print. */
+newline: .asciz "\n"

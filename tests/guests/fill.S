@@ -31,12 +31,8 @@ _start:
     dec %r14d
     jmp 1b
 3:  lea done(%rip), %rsi
-    call puts
     mov %r15, %rax
-    call puthex
-    lea nl(%rip), %rsi
-    call puts
+    call say_hex
     call reset
 #include "common.S"
 done: .asciz "fill: pages touched "
-nl:   .asciz "\n"

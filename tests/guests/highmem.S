@@ -22,11 +22,8 @@ _start:
     dec %ecx
     jmp 1b
 3:  lea top(%rip), %rsi
-    call puts
     mov %r13, %rax
-    call puthex
-    lea nl(%rip), %rsi
-    call puts
+    call say_hex
     /* Pattern: each qword of the last page holds its own address, inverted. */
     lea -4096(%r13), %rdi
     mov $512, %ecx
@@ -53,6 +50,5 @@ _start:
     call reset
 #include "common.S"
 top: .asciz "highmem: top of RAM at "
-nl:  .asciz "\n"
 ok:  .asciz "highmem: pattern ok\n"
 bad: .asciz "highmem: pattern BAD\n"

@@ -37,13 +37,8 @@ _start:
     mov $IOAPIC, %rbx
     movl $1, (%rbx)
     mov 0x10(%rbx), %eax
-    mov %rax, %r12
     lea version(%rip), %rsi
-    call puts
-    mov %r12, %rax
-    call puthex
-    lea nl(%rip), %rsi
-    call puts
+    call say_hex
     movl $(0x10 + 2 * COM1_PIN + 1), (%rbx)
     movl $0, 0x10(%rbx)
     movl $(0x10 + 2 * COM1_PIN), (%rbx)
@@ -109,7 +104,6 @@ handler:
 
 #include "common.S"
 version: .asciz "ioapic version "
-nl:      .asciz "\n"
 edge:    .asciz "edge-triggered interrupt on vector 0x31\n"
 level:   .asciz "level-triggered interrupt on vector 0x31\n"
     .balign 8

@@ -16,12 +16,9 @@ _start:
     shr $16, %ebx
     and $0xff, %ebx
     mov %rbx, %r12
+    mov %rbx, %rax
     lea hello(%rip), %rsi
-    call puts
-    mov %r12, %rax
-    call putdec
-    lea nl(%rip), %rsi
-    call puts
+    call say_dec
 
     /* Copy the trampoline below 1 MiB and clear the shared data. */
     lea ap_start(%rip), %rsi
@@ -79,7 +76,6 @@ delay:
 
 #include "common.S"
 hello:   .asciz "smp: cpus advertised "
-nl:      .asciz "\n"
 all:     .asciz "smp: all "
 up:      .asciz " cpus up\n"
 timeout: .asciz "smp: TIMEOUT waiting for APs\n"

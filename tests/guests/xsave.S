@@ -44,11 +44,8 @@ _start:
     mov %r14, %rax
     call puthex
     lea want(%rip), %rsi
-    call puts
     mov %r13, %rax
-    call puthex
-    lea nl(%rip), %rsi
-    call puts
+    call say_hex
     cmp %r13, %r14
     jne bad
     lea ok(%rip), %rsi
@@ -66,7 +63,6 @@ no_xsave:
 set:  .asciz "xsave: xcr0 set "
 size: .asciz ", cpuid 0xd.0 ebx "
 want: .asciz ", components need "
-nl:   .asciz "\n"
 ok:   .asciz "xsave consistent\n"
 inconsistent: .asciz "xsave INCONSISTENT\n"
 none: .asciz "xsave: not offered\n"
