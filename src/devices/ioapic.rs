@@ -8,8 +8,10 @@
 //! 82093AA, with an EOI register): IOREGSEL at 0x00, IOWIN at 0x10, EOI at 0x40; ID, version,
 //! arbitration, then two 32-bit registers per redirection entry. Version 0x20 matters: with an
 //! older one Linux clears a level-triggered pin's remote IRR by rewriting its entry (mask,
-//! edge, unmask, level), and every rewrite here would be a KVM_SET_GSI_ROUTING. Everything here is guest-controlled input: any offset,
-//! size or value is accepted and either applied or ignored, never trusted.
+//! edge, unmask, level), and every rewrite here would be a KVM_SET_GSI_ROUTING.
+//!
+//! Everything here is guest-controlled input: any offset, size or value is accepted and either
+//! applied or ignored, never trusted.
 
 use std::sync::Arc;
 
@@ -49,6 +51,9 @@ const RTE_MASKED: u64 = 1 << 16;
 const RTE_DEST_SHIFT: u32 = 56;
 /// ExtINT: the interrupt comes from a PIC, which this platform does not have.
 const DELIVERY_EXTINT: u64 = 7;
+
+/// MSI data bit 14: a level-triggered interrupt's "asserted" level.
+const MSI_LEVEL_ASSERT: u64 = 1 << 14;
 
 /// A redirection entry as it stands at reset: masked.
 const RTE_RESET: u64 = RTE_MASKED;
@@ -200,7 +205,7 @@ fn route(gsi: u32, entry: u64) -> Option<MsiRoute> {
     let data = (entry & RTE_VECTOR)
         | (delivery << RTE_DELIVERY_SHIFT)
         | if entry & RTE_LEVEL != 0 {
-            RTE_LEVEL | (1 << 14)
+            RTE_LEVEL | MSI_LEVEL_ASSERT
         } else {
             0
         };

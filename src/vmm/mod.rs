@@ -252,7 +252,7 @@ pub struct Vmm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     vm: Arc<VmFd>,
-    _kvm: Arc<Kvm>,
+    _kvm: Kvm,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
@@ -271,7 +271,7 @@ impl Vmm {
     pub fn build(mut vm: ResolvedVm, runtime: Runtime) -> Result<Self, VmmError> {
         let timeline = runtime.timeline.clone();
         // Step 2: KVM and its capabilities.
-        let kvm = Arc::new(kvm::open()?);
+        let kvm = kvm::open()?;
         timeline.mark(Phase::KvmReady);
         // The helpers (the CPUID read, the vCPU threads) run beside this thread, not on its CPU.
         let placement = Placement::away_from_here();
