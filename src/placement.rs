@@ -1,9 +1,9 @@
 //! Where ember's helper threads start: on a CPU other than the one building the VM.
 //!
-//! Linux puts a new thread on its parent's CPU (measured on a 2-CPU PVM host: almost always,
-//! even with the other CPU idle), and a new thread's early deadline often lets it run first:
-//! the thread building the VM then waits out the helper's work (KVM's CPUID read, 0.3-0.5 ms
-//! there) instead of going on beside it. So a helper started through [`spawn`] sleeps until its
+//! Linux puts a new thread on its parent's CPU, even with another CPU idle, and the two then
+//! share it: on a 2-CPU PVM host the thread building the VM waited out the helper's work (KVM's
+//! CPUID read, 0.3-0.5 ms there) instead of going on beside it (`examples/helper_start.rs`:
+//! 28 of 30 starts, the starter off its CPU 0.45 ms at the median; docs/startup-latency.md). So a helper started through [`spawn`] sleeps until its
 //! parent has moved it onto the process's other CPUs, and then takes its full set of CPUs
 //! back: the move places its start, it does not pin it.
 
