@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod guest_log;
 pub mod initramfs;
 pub mod kvm;
 pub mod memory;

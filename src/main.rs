@@ -3,7 +3,6 @@
 
 mod cli;
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,26 +32,8 @@ enum Command {
     Bench(cli::BenchArgs),
 }
 
-/// One-line stderr logger.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let level = r.level().as_str().to_ascii_lowercase();
-            // In raw mode a bare \n does not return the carriage.
-            let _ = write!(std::io::stderr(), "ember: {level}: {}\r\n", r.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
 fn main() -> ExitCode {
+    cli::stderr::init();
     std::panic::set_hook(Box::new(|info| {
         // One report and one exit, however many threads panic at once: the later ones wait
         // here for the process to end.
@@ -66,10 +47,10 @@ fn main() -> ExitCode {
         // One line: a panic's message names its location on a line of its own.
         let info = config::one_line(&info.to_string());
         // Not eprintln: a closed stderr must not panic inside the panic hook.
-        let _ = writeln!(
-            std::io::stderr(),
-            "ember: internal error (a bug, please report it): {info}"
+        cli::stderr::write(
+            format!("ember: internal error (a bug, please report it): {info}\n").as_bytes(),
         );
+        cli::stderr::flush();
         std::process::exit(i32::from(exit_code::EMBER_PANIC));
     }));
     let cli = match Cli::try_parse() {
@@ -85,11 +66,10 @@ fn main() -> ExitCode {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or_default();
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(
-                std::io::stderr(),
-                "ember: {}; see ember --help",
-                config::one_line(first)
+            cli::stderr::write(
+                format!("ember: {}; see ember --help\n", config::one_line(first)).as_bytes(),
             );
+            cli::stderr::flush();
             return ExitCode::from(exit_code::BAD_INPUT);
         }
     };
@@ -97,18 +77,20 @@ fn main() -> ExitCode {
         Command::Host => cli::host(),
         Command::Bench(args) => cli::bench(args),
         Command::Run(args) => {
-            log::set_logger(&LOGGER).ok();
+            log::set_logger(&cli::logger::LOGGER).ok();
             log::set_max_level(args.log_level);
             cli::run::run(*args)
         }
     };
     terminal::restore();
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(f) => {
             // One line, whatever a path or an OS error carried.
-            let _ = writeln!(std::io::stderr(), "ember: {}", config::one_line(&f.message));
-            ExitCode::from(f.code)
+            cli::stderr::write(format!("ember: {}\n", config::one_line(&f.message)).as_bytes());
+            f.code
         }
-    }
+    };
+    cli::stderr::flush();
+    ExitCode::from(code)
 }

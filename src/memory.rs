@@ -11,7 +11,7 @@ use crate::arch::x86_64::layout;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// mmap refused the size.
-    #[error("cannot map {mib} MiB of guest memory: {source}; lower --mem-mib")]
+    #[error("cannot map {mib} MiB of guest memory: {source}; give the guest less")]
     Map {
         /// The size asked.
         mib: u64,

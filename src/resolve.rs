@@ -27,9 +27,16 @@ pub enum ResolveError {
     /// The kernel is not one ember can boot.
     #[error(transparent)]
     Boot(#[from] BootError),
-    /// The command line is not one linux-loader accepts.
-    #[error("the kernel command line {0:?} is not valid ({1}): fix --cmdline")]
-    Cmdline(String, linux_loader::cmdline::Error),
+    /// The command line is not one linux-loader accepts (`input` names where it came from).
+    #[error("{input}: the kernel command line {text:?} is not valid ({error}): fix it")]
+    Cmdline {
+        /// The input it came from.
+        input: String,
+        /// The command line.
+        text: String,
+        /// What linux-loader said.
+        error: linux_loader::cmdline::Error,
+    },
     /// The devices do not fit.
     #[error(transparent)]
     Devices(#[from] ManagerError),
@@ -66,6 +73,18 @@ pub struct ResolvedVm {
     /// The virtio devices, each with its window and interrupt line (and its entry already on
     /// `cmdline`).
     pub devices: Vec<PlacedDevice>,
+    /// How errors name the vCPU count and the memory size (`--vcpus 4`,
+    /// `vm.json: machine-config.mem_size_mib: 256`).
+    pub names: InputNames,
+}
+
+/// The inputs a VM's build can still find wrong, named as the user gave them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputNames {
+    /// The vCPU count, with its value.
+    pub vcpus: String,
+    /// The memory size, with its value.
+    pub mem: String,
 }
 
 impl ResolvedVm {
@@ -79,32 +98,30 @@ impl ResolvedVm {
 }
 
 /// Opens the kernel once, with the same one-line errors as any input file.
-fn open_kernel(path: &std::path::Path) -> Result<KernelImage, ResolveError> {
-    config::check_file_metadata("kernel", path)?;
-    let file = std::fs::File::open(path).map_err(|e| ConfigError::File {
-        what: "kernel",
-        path: path.to_path_buf(),
-        reason: match e.kind() {
-            std::io::ErrorKind::PermissionDenied => "permission denied: make it readable".into(),
-            _ => format!("cannot open it ({e})"),
-        },
-    })?;
+fn open_kernel(config: &VmConfig, path: &std::path::Path) -> Result<KernelImage, ResolveError> {
+    let file = config::open_input_file(config.kernel_input(path), path)?;
     Ok(KernelImage::new(&path.display().to_string(), file)?)
+}
+
+/// Reads a file ember hands the guest whole (an initrd, an `--exec` program).
+fn read_input(input: String, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    config::open_input_file(input.clone(), path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| ConfigError::Invalid {
+            input,
+            reason: format!("cannot read it ({e})"),
+        })?;
+    Ok(bytes)
 }
 
 /// Works out what `config` means on a host of kind `host`.
 pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, ResolveError> {
     config.validate_except_kernel()?;
-    let kernel = open_kernel(&config.kernel()?)?;
+    let kernel = open_kernel(config, &config.kernel()?)?;
     let linux_on_pvm = host == HostFlavour::Pvm && kernel.is_linux;
-
-    let read = |what: &'static str, p: &PathBuf| {
-        std::fs::read(p).map_err(|e| ConfigError::File {
-            what,
-            path: p.clone(),
-            reason: format!("cannot read it ({e})"),
-        })
-    };
+    let sources = &config.sources;
     let choice = config.boot_source.initrd()?;
     let initrd = match &choice {
         // The built-in initramfs is a Linux userspace: a kernel that is not Linux (a tiny
@@ -117,11 +134,18 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         }),
         InitrdChoice::File(p) => Some(InitrdImage {
             name: p.display().to_string(),
-            bytes: read("initrd", p)?,
+            bytes: read_input(
+                sources.at("boot-source.initrd_path", &config::input::path_value(p)),
+                p,
+            )?,
         }),
         InitrdChoice::Exec { program, args } => {
-            let bytes = read("--exec program", program)?;
-            config::check_static_elf(program, &bytes)?;
+            let input = sources.at(
+                "boot-source.exec.program",
+                &config::input::path_value(program),
+            );
+            let bytes = read_input(input.clone(), program)?;
+            config::check_static_elf(input, &bytes)?;
             let argv0 = program
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -140,12 +164,20 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         None if linux_on_pvm => format!("{DEFAULT_CMDLINE} {PVM_CMDLINE_EXTRA}"),
         None => DEFAULT_CMDLINE.to_string(),
     };
+    let cmdline_err = |error| ResolveError::Cmdline {
+        input: match config.boot_source.boot_args {
+            Some(_) => sources.name("boot-source.boot_args"),
+            None => "the default command line".into(),
+        },
+        text: text.clone(),
+        error,
+    };
     let mut cmdline = if text.trim().is_empty() {
         Cmdline::new(CMDLINE_MAX_SIZE)
     } else {
         Cmdline::try_from(&text, CMDLINE_MAX_SIZE)
     }
-    .map_err(|e| ResolveError::Cmdline(text.clone(), e))?;
+    .map_err(cmdline_err)?;
     // The root drive, as Firecracker does it, unless the command line already names a root.
     if let Some(root) = config.drives.iter().find(|d| d.is_root_device)
         && !text.split_whitespace().any(|w| w.starts_with("root="))
@@ -153,7 +185,7 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         let mode = if root.is_read_only { "ro" } else { "rw" };
         cmdline
             .insert_str(format!("root=/dev/vda {mode}"))
-            .map_err(|e| ResolveError::Cmdline(text.clone(), e))?;
+            .map_err(cmdline_err)?;
     }
 
     // The devices, in the guest's order: their entries go on the command line now.
@@ -170,7 +202,25 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         )
         .chain(config.vsock.iter().cloned().map(DeviceSpec::Vsock))
         .collect();
-    let devices = manager::plan(specs, &mut cmdline)?;
+    let mut devices = manager::plan(specs, &mut cmdline).map_err(|e| match e {
+        ManagerError::Cmdline(error) => cmdline_err(error),
+        other => ResolveError::Devices(other),
+    })?;
+    for d in &mut devices {
+        d.input = match &d.spec {
+            DeviceSpec::Block(b) => config.drive_at(
+                b,
+                "path_on_host",
+                &config::input::path_value(&b.path_on_host),
+            ),
+            DeviceSpec::Net(n) => {
+                config.net_at(n, "host_dev_name", &format!("{:?}", n.host_dev_name))
+            }
+            DeviceSpec::Vsock(v) => {
+                config.vsock_at(v, "uds_path", &config::input::path_value(&v.uds_path))
+            }
+        };
+    }
 
     // A Linux guest on a PVM host cannot finish (its userspace never runs): bound the run.
     let (timeout, timeout_is_default) = match config.timeout {
@@ -193,6 +243,16 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         linux_on_pvm,
         exec,
         devices,
+        names: InputNames {
+            vcpus: sources.at(
+                "machine-config.vcpu_count",
+                &config.machine_config.vcpu_count,
+            ),
+            mem: sources.at(
+                "machine-config.mem_size_mib",
+                &config.machine_config.mem_size_mib,
+            ),
+        },
     })
 }
 
@@ -246,14 +306,14 @@ mod tests {
         c.drives.push(Drive {
             drive_id: "data".into(),
             path_on_host: data,
-            is_root_device: false,
-            is_read_only: false,
+            ..Default::default()
         });
         c.drives.push(Drive {
             drive_id: "root".into(),
             path_on_host: img.clone(),
             is_root_device: true,
             is_read_only: true,
+            ..Default::default()
         });
         c.timeout = Some(Duration::ZERO);
         let r = resolve(&c, HostFlavour::Unknown).unwrap();

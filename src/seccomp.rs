@@ -261,6 +261,11 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
         "close_range",
         "the teardown keeper closing every fd but the VM's",
     ),
+    (
+        libc::SYS_poll,
+        "poll",
+        "at exit, waiting (bounded) for a slow stderr to take ember's last messages",
+    ),
 ];
 
 /// Every call the filter for `role` allows, with why.

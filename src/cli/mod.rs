@@ -2,16 +2,17 @@
 //! how every failure becomes one line and an exit code.
 
 pub mod exit_code;
+pub mod logger;
 pub mod run;
+pub mod stderr;
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use ember::bench::{BenchConfig, BenchError};
 use ember::config::ConfigError;
-use ember::kvm::KvmError;
 use ember::resolve::ResolveError;
-use ember::vmm::VmmError;
+use ember::vmm::{ErrorKind, VmmError};
 
 /// An error on its way to becoming a message and an exit code.
 pub struct Failure {
@@ -45,26 +46,12 @@ impl From<ResolveError> for Failure {
 
 impl From<VmmError> for Failure {
     fn from(e: VmmError) -> Self {
-        let code = match &e {
-            VmmError::Kvm(
-                KvmError::NoDevice
-                | KvmError::NoPermission
-                | KvmError::MissingCap(..)
-                | KvmError::ApiVersion(_)
-                | KvmError::Open(_),
-            ) => exit_code::NO_KVM,
-            VmmError::Boot(_)
-            | VmmError::TooManyVcpus { .. }
-            | VmmError::Mptable(_)
-            | VmmError::Acpi(_)
-            | VmmError::Block(_)
-            | VmmError::Net(_)
-            | VmmError::Vsock(_)
-            | VmmError::Memory(ember::memory::MemoryError::Map { .. }) => exit_code::BAD_INPUT,
-            _ => exit_code::HOST_ERROR,
-        };
         Failure {
-            code,
+            code: match e.kind() {
+                ErrorKind::NoKvm => exit_code::NO_KVM,
+                ErrorKind::BadInput => exit_code::BAD_INPUT,
+                ErrorKind::Host => exit_code::HOST_ERROR,
+            },
             message: e.to_string(),
         }
     }

@@ -48,13 +48,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
     /// Number of vCPUs [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::parse_vcpus)]
     vcpus: Option<u32>,
     /// Allow more vCPUs than the CPUs this host gives ember (they then share CPUs).
     #[arg(long)]
     overcommit_vcpus: bool,
     /// Guest memory in MiB [default: 128].
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = config::parse_mem_mib)]
     mem_mib: Option<u64>,
     /// A disk image as a virtio block device (vda, vdb, ... in order); `ro` makes the device
     /// refuse writes; `id` names it (the serial number the guest reads). Repeatable.
@@ -109,15 +109,18 @@ fn parse_teardown(s: &str) -> Result<Teardown, String> {
 }
 
 impl RunArgs {
-    /// The configuration these flags describe, on top of `--config` if given.
+    /// The configuration these flags describe, on top of `--config` if given; each field a
+    /// flag sets is recorded, so that errors name the flag rather than the file.
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
         let mut c = match &self.config {
             Some(path) => VmConfig::from_file(path)?,
             None => VmConfig::default(),
         };
+        let src = &mut c.sources;
         let boot = &mut c.boot_source;
         if let Some(k) = &self.kernel {
             boot.kernel_image_path = Some(k.clone());
+            src.set_by("boot-source.kernel_image_path", "--kernel");
         }
         // Any of the three initrd flags replaces the file's choice.
         if self.initrd.is_some() || self.exec.is_some() || self.no_initrd {
@@ -127,31 +130,31 @@ impl RunArgs {
                 args: self.args.clone(),
             });
             boot.no_initrd = self.no_initrd;
+            src.set_by("boot-source.initrd_path", "--initrd");
+            src.set_by("boot-source.exec.program", "--exec");
         }
         if !self.args.is_empty() && boot.exec.is_none() {
             return Err(ConfigError::ArgsWithoutExec);
         }
         if let Some(cmdline) = &self.cmdline {
             boot.boot_args = Some(cmdline.clone());
+            src.set_by("boot-source.boot_args", "--cmdline");
         }
         let m = &mut c.machine_config;
         if let Some(v) = self.vcpus {
             m.vcpu_count = v;
+            src.set_by("machine-config.vcpu_count", "--vcpus");
         }
         if let Some(mib) = self.mem_mib {
             m.mem_size_mib = mib;
+            src.set_by("machine-config.mem_size_mib", "--mem-mib");
         }
-        m.overcommit_vcpus |= self.overcommit_vcpus;
+        if self.overcommit_vcpus {
+            m.overcommit_vcpus = true;
+            src.set_by("machine-config.overcommit_vcpus", "--overcommit-vcpus");
+        }
         if let Some(root) = &self.rootfs {
-            c.drives.insert(
-                0,
-                config::Drive {
-                    drive_id: "rootfs".into(),
-                    path_on_host: root.clone(),
-                    is_root_device: true,
-                    is_read_only: false,
-                },
-            );
+            c.drives.insert(0, config::parse_rootfs(root));
         }
         for d in &self.disk {
             let index = c.drives.len();
@@ -206,10 +209,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     timeline.mark(Phase::ConfigParsed);
     if vm.linux_on_pvm {
         // One line, whatever the log level: the user must know why Linux crawls here.
-        let _ = write!(
-            std::io::stderr(),
-            "ember: warning: /dev/kvm is PVM-based (no VMX/SVM): a Linux guest boots 100-1000x slower than on \
-             hardware KVM, stops where the host cannot emulate it, and its userspace does not run (docs/hosts.md)\r\n"
+        super::stderr::write(
+            b"ember: warning: /dev/kvm is PVM-based (no VMX/SVM): a Linux guest boots 100-1000x slower than on \
+             hardware KVM, stops where the host cannot emulate it, and its userspace does not run (docs/hosts.md)\r\n",
         );
     }
 
@@ -235,13 +237,33 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     terminal::restore();
     let run = run?;
     timeline.mark(Phase::VmTornDown);
+    let mut suppressed = run.suppressed_messages.clone();
+    suppressed.extend(super::logger::LOGGER.suppressed());
+    for (source, count) in &suppressed {
+        super::stderr::write(
+            format!(
+                "ember: warning: {source}: {count} more messages were not logged (each source the guest drives logs only its first few)\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let (n @ 1.., reason) = &run.console_dropped {
+        super::stderr::write(
+            format!(
+                "ember: warning: {n} bytes of the guest's console output were dropped: stdout could not take them ({})\n",
+                reason.as_deref().unwrap_or("unknown error")
+            )
+            .as_bytes(),
+        );
+    }
     let _ = std::io::stdout().flush();
     let code = exit_code::for_outcome(&run.outcome, &facts, flavour);
     if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();
         let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes)
-            .with_teardown_deferred(run.teardown_deferred);
+            .with_teardown_deferred(run.teardown_deferred)
+            .with_dropped(run.console_dropped.0, &suppressed);
         out.write(&r)?;
     }
     code
@@ -279,12 +301,8 @@ impl TimingsOutput {
     fn write(self, r: &Report) -> Result<(), Failure> {
         match self {
             // A closed stderr loses the report; it must not panic.
-            TimingsOutput::Table => {
-                let _ = write!(std::io::stderr(), "{}", r.table());
-            }
-            TimingsOutput::JsonStderr => {
-                let _ = writeln!(std::io::stderr(), "{}", r.json());
-            }
+            TimingsOutput::Table => super::stderr::write(r.table().as_bytes()),
+            TimingsOutput::JsonStderr => super::stderr::write(format!("{}\n", r.json()).as_bytes()),
             TimingsOutput::JsonFile(path, mut file) => {
                 file.write_all(r.json().as_bytes())
                     .and_then(|_| file.write_all(b"\n"))

@@ -7,14 +7,25 @@
 //! What a configuration means on a given host (the effective command line, the initrd bytes,
 //! the default timeout) is worked out in [`crate::resolve`].
 
+mod firecracker;
+pub mod input;
 mod parse;
+mod validate;
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-pub use parse::{parse_disk, parse_duration, parse_mac, parse_net, parse_vsock, show_duration};
+pub use input::{Origin, Sources};
+pub use parse::{
+    parse_disk, parse_duration, parse_mac, parse_mem_mib, parse_net, parse_rootfs, parse_vcpus,
+    parse_vsock, show_duration,
+};
+pub use validate::{MAX_UDS_PATH, check_static_elf, host_cpus, open_input_file};
 
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 
@@ -61,6 +72,11 @@ pub const MIN_MEM_MIB: u64 = 8;
 /// Most devices of each virtio kind: the MMIO windows and interrupt lines ember hands out are
 /// plentiful, but a limit keeps a runaway configuration from exhausting them.
 pub const MAX_DEVICES_PER_KIND: usize = 8;
+/// Most vCPUs: APIC ids are 8 bits in the MP table, and 255 is the broadcast id.
+pub const MAX_VCPUS: u32 = 254;
+/// The largest configuration file ember reads: checked before reading, so that a disk image
+/// or a device passed by mistake costs nothing.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 /// A path as error messages show it: control characters escaped, so that a file name with a
 /// newline cannot break an error into several lines.
@@ -82,65 +98,22 @@ pub fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// Errors in the configuration.
+/// Errors in the configuration. Each names the input as the user gave it (see [`input`]),
+/// what is wrong, and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The default kernel is not built.
     #[error("default kernel {} is not built yet: run kernels/build.sh, or pass --kernel PATH", shown(.0))]
     NoDefaultKernel(PathBuf),
-    /// A file is missing or unreadable.
-    #[error("{what} {}: {reason}", shown(.path))]
-    File {
-        /// Which input.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
+    /// A value is wrong: `input` names it with its value (`--vcpus 0`,
+    /// `vm.json: machine-config.vcpu_count: 0`).
+    #[error("{input}: {reason}")]
+    Invalid {
+        /// The input and its value.
+        input: String,
         /// What is wrong and how to fix it.
         reason: String,
     },
-    /// `--vcpus 0`.
-    #[error("--vcpus 0: a VM needs at least one vCPU; pass --vcpus 1 or more")]
-    NoVcpus,
-    /// More vCPUs than the host gives ember, without `--overcommit-vcpus`.
-    #[error(
-        "--vcpus {asked}: more than the {host} CPUs this host gives ember; pass at most --vcpus {host}, or add --overcommit-vcpus to let the vCPUs share CPUs"
-    )]
-    MoreVcpusThanCpus {
-        /// Asked.
-        asked: u32,
-        /// CPUs ember may run on.
-        host: u32,
-    },
-    /// Memory too small.
-    #[error(
-        "--mem-mib {0}: below the minimum of {MIN_MEM_MIB} MiB; pass --mem-mib {MIN_MEM_MIB} or more"
-    )]
-    MemTooSmall(u64),
-    /// Memory larger than the host.
-    #[error(
-        "--mem-mib {asked}: more than this host's {host} MiB of RAM; pass at most --mem-mib {host}"
-    )]
-    MemTooLarge {
-        /// Asked, MiB.
-        asked: u64,
-        /// Host RAM, MiB.
-        host: u64,
-    },
-    /// Command line too long.
-    #[error("the kernel command line is {0} bytes; the x86 boot protocol allows at most {max}: shorten --cmdline", max = CMDLINE_MAX_SIZE - 1)]
-    CmdlineTooLong(usize),
-    /// Command line with a NUL.
-    #[error("--cmdline contains a NUL byte, which would end it early: remove it")]
-    CmdlineNul,
-    /// The exec program is dynamically linked.
-    #[error(
-        "--exec {}: dynamically linked, but the guest has no shared libraries: build it static (gcc -static, or RUSTFLAGS='-C target-feature=+crt-static')",
-        shown(.0)
-    )]
-    ExecDynamic(PathBuf),
-    /// The exec program is not an ELF executable.
-    #[error("--exec {}: not an x86_64 ELF executable: pass a static Linux program", shown(.0))]
-    ExecNotElf(PathBuf),
     /// Two ways of choosing the initrd at once.
     #[error(
         "boot-source: initrd_path, exec and no_initrd exclude each other: keep one (--initrd, --exec, --no-initrd)"
@@ -151,45 +124,6 @@ pub enum ConfigError {
         "arguments after `--` go to the --exec program, but no --exec was given: add --exec PROG"
     )]
     ArgsWithoutExec,
-    /// A flag value that does not parse (`--disk`, `--net`, `--vsock`, `--timeout`).
-    #[error("{flag} {value:?}: {reason}")]
-    Value {
-        /// The flag or configuration field.
-        flag: &'static str,
-        /// What was given.
-        value: String,
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// The same disk, TAP, id or CID used twice.
-    #[error("{what} {value:?} is given twice: each {what} may appear once")]
-    Duplicate {
-        /// What kind of value.
-        what: &'static str,
-        /// The value.
-        value: String,
-    },
-    /// More than one root device.
-    #[error(
-        "drives {0:?} and {1:?} are both the root device: mark one drive is_root_device (--rootfs once)"
-    )]
-    TwoRoots(String, String),
-    /// Too many devices of a kind.
-    #[error("{what}: {count} given, ember offers at most {MAX_DEVICES_PER_KIND}")]
-    TooManyDevices {
-        /// The kind.
-        what: &'static str,
-        /// How many.
-        count: usize,
-    },
-    /// A TAP device that is missing or not usable.
-    #[error("--net tap={name:?}: {reason}")]
-    Tap {
-        /// The TAP name.
-        name: String,
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
     /// A configuration file that cannot be read or parsed.
     #[error("--config {}: {reason}", shown(.path))]
     ConfigFile {
@@ -287,6 +221,22 @@ pub struct MachineConfig {
     /// Whether more vCPUs than host CPUs is what the user wants.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overcommit_vcpus: bool,
+    // Firecracker's fields that ember accepts only at their defaults (config/firecracker.rs).
+    /// Firecracker's `smt`: accepted when false.
+    #[serde(default, skip_serializing)]
+    pub smt: Option<Value>,
+    /// Firecracker's `cpu_template`: accepted when `"None"`.
+    #[serde(default, skip_serializing)]
+    pub cpu_template: Option<Value>,
+    /// Firecracker's `track_dirty_pages`: accepted when false.
+    #[serde(default, skip_serializing)]
+    pub track_dirty_pages: Option<Value>,
+    /// Firecracker's `huge_pages`: accepted when `"None"`.
+    #[serde(default, skip_serializing)]
+    pub huge_pages: Option<Value>,
+    /// Firecracker's `gdb_socket_path` (its gdb builds): accepted when null.
+    #[serde(default, skip_serializing)]
+    pub gdb_socket_path: Option<Value>,
 }
 
 impl Default for MachineConfig {
@@ -295,12 +245,17 @@ impl Default for MachineConfig {
             vcpu_count: DEFAULT_VCPUS,
             mem_size_mib: DEFAULT_MEM_MIB,
             overcommit_vcpus: false,
+            smt: None,
+            cpu_template: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+            gdb_socket_path: None,
         }
     }
 }
 
 /// A block device backed by a host file (Firecracker's `drives`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
     /// Its name; also the serial number the guest reads (GET_ID).
@@ -310,13 +265,37 @@ pub struct Drive {
     /// The guest's root filesystem: `root=/dev/vda` goes on the command line.
     #[serde(default)]
     pub is_root_device: bool,
-    /// Writes fail in the guest (the device refuses them).
-    #[serde(default)]
+    /// Writes fail in the guest (the device refuses them). Firecracker writes null for false.
+    #[serde(default, deserialize_with = "null_as_false")]
     pub is_read_only: bool,
+    /// Where it came from, for messages.
+    #[serde(skip)]
+    pub origin: Origin,
+    // Firecracker's fields that ember accepts only at their defaults (config/firecracker.rs).
+    /// Firecracker's `partuuid`: accepted when null.
+    #[serde(default, skip_serializing)]
+    pub partuuid: Option<Value>,
+    /// Firecracker's `cache_type`: `"Unsafe"` or `"Writeback"` (ember honours flushes).
+    #[serde(default, skip_serializing)]
+    pub cache_type: Option<Value>,
+    /// Firecracker's `io_engine`: accepted when `"Sync"`.
+    #[serde(default, skip_serializing)]
+    pub io_engine: Option<Value>,
+    /// Firecracker's `rate_limiter`: accepted when it limits nothing.
+    #[serde(default, skip_serializing)]
+    pub rate_limiter: Option<Value>,
+    /// Firecracker's `socket` (vhost-user): accepted when null.
+    #[serde(default, skip_serializing)]
+    pub socket: Option<Value>,
+}
+
+/// A JSON boolean that may be null (Firecracker writes `"is_read_only": null`).
+fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// A network interface backed by a host TAP device (Firecracker's `network-interfaces`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterface {
     /// Its name in the configuration.
@@ -326,12 +305,25 @@ pub struct NetworkInterface {
     /// The guest's MAC address (`aa:bb:cc:dd:ee:ff`); default: one derived from the TAP name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Where it came from, for messages.
+    #[serde(skip)]
+    pub origin: Origin,
+    // Firecracker's fields that ember accepts only at their defaults (config/firecracker.rs).
+    /// Firecracker's `mtu`: accepted when null.
+    #[serde(default, skip_serializing)]
+    pub mtu: Option<Value>,
+    /// Firecracker's `rx_rate_limiter`: accepted when it limits nothing.
+    #[serde(default, skip_serializing)]
+    pub rx_rate_limiter: Option<Value>,
+    /// Firecracker's `tx_rate_limiter`: accepted when it limits nothing.
+    #[serde(default, skip_serializing)]
+    pub tx_rate_limiter: Option<Value>,
 }
 
 /// A vsock device (Firecracker's `vsock`, with its host-side convention: a host process
 /// connects to `uds_path` and sends `CONNECT <port>\n`; a guest connection to port P reaches
 /// the listener at `<uds_path>_P`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
     /// Firecracker's device id (accepted, unused).
@@ -341,6 +333,9 @@ pub struct Vsock {
     pub guest_cid: u32,
     /// The Unix socket ember listens on; it must not exist yet.
     pub uds_path: PathBuf,
+    /// Where it came from, for messages.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 /// Everything about one VM that a user chooses. Runtime handles (console fds, the timeline,
@@ -375,6 +370,35 @@ pub struct VmConfig {
         with = "parse::duration_text"
     )]
     pub timeout: Option<Duration>,
+    // Firecracker's top-level sections ember accepts only at their defaults
+    // (config/firecracker.rs).
+    /// Firecracker's `balloon`: accepted when null.
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<Value>,
+    /// Firecracker's `cpu-config`: accepted when null.
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<Value>,
+    /// Firecracker's `logger`: accepted when null or empty.
+    #[serde(default, skip_serializing)]
+    pub logger: Option<Value>,
+    /// Firecracker's `metrics`: accepted when null.
+    #[serde(default, skip_serializing)]
+    pub metrics: Option<Value>,
+    /// Firecracker's `mmds-config`: accepted when null.
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<Value>,
+    /// Firecracker's `entropy`: accepted when null.
+    #[serde(default, skip_serializing)]
+    pub entropy: Option<Value>,
+    /// Firecracker's `pmem`: accepted when empty.
+    #[serde(default, skip_serializing)]
+    pub pmem: Option<Value>,
+    /// Firecracker's `memory-hotplug`: accepted when null.
+    #[serde(rename = "memory-hotplug", default, skip_serializing)]
+    pub memory_hotplug: Option<Value>,
+    /// Where the values came from, for messages.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 /// The default kernel: `$EMBER_KERNEL`, else `vmlinux` in ember's cache
@@ -399,75 +423,50 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("ember")
 }
 
-/// Checks that `path` exists, is not a directory and is not empty.
-pub fn check_file_metadata(what: &'static str, path: &Path) -> Result<(), ConfigError> {
-    let err = |reason: String| ConfigError::File {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => err("no such file: check the path".into()),
-        std::io::ErrorKind::PermissionDenied => err("permission denied: make it readable".into()),
-        _ => err(format!("cannot read it ({e})")),
-    })?;
-    if meta.is_dir() {
-        return Err(err("is a directory: pass a file".into()));
-    }
-    if meta.len() == 0 {
-        return Err(err("is empty: pass a real image".into()));
-    }
-    Ok(())
-}
-
-/// Checks that `path` is a readable, non-empty regular file.
-pub fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
-    check_file_metadata(what, path)?;
-    let err = |reason: String| ConfigError::File {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
-    std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => err("permission denied: make it readable".into()),
-        _ => err(format!("cannot open it ({e})")),
-    })?;
-    Ok(())
-}
-
-/// Checks that `path` is a static x86_64 ELF executable (no PT_INTERP).
-pub fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let not_elf = || ConfigError::ExecNotElf(path.to_path_buf());
-    if bytes.len() < 64 || bytes[..4] != *b"\x7fELF" || bytes[4] != 2 || bytes[18] != 62 {
-        return Err(not_elf());
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| not_elf())?) as usize;
-    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
-    for i in 0..phnum {
-        let off = phoff
-            .checked_add(i.checked_mul(phentsize).ok_or_else(not_elf)?)
-            .ok_or_else(not_elf)?;
-        let Some(ph) = bytes.get(off..off + 4) else {
-            return Err(not_elf());
-        };
-        const PT_INTERP: u32 = 3;
-        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_INTERP {
-            return Err(ConfigError::ExecDynamic(path.to_path_buf()));
-        }
-    }
-    Ok(())
-}
-
-/// How many CPUs ember may run on (its affinity mask, and a cgroup CPU quota if any), if
-/// the host says.
-pub fn host_cpus() -> Option<u32> {
-    std::thread::available_parallelism()
-        .ok()
-        .and_then(|n| u32::try_from(n.get()).ok())
-}
-
 impl VmConfig {
+    /// Reads a configuration file: a regular JSON file of at most [`MAX_CONFIG_FILE`] bytes,
+    /// checked before it is read (a FIFO, a device or a disk image passed by mistake is
+    /// refused at once), every field known.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let err = |reason: String| ConfigError::ConfigFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // Non-blocking, so that opening a FIFO does not wait for a writer.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| err(validate::open_failure(&e, false, "")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read it ({e})")))?;
+        if !meta.file_type().is_file() {
+            return Err(err(format!(
+                "{}, not a regular file: pass a JSON file",
+                validate::kind_of(&meta)
+            )));
+        }
+        if meta.len() > MAX_CONFIG_FILE {
+            return Err(err(format!(
+                "{} bytes, more than a configuration file may be ({} KiB): pass the JSON file, not an image",
+                meta.len(),
+                MAX_CONFIG_FILE >> 10
+            )));
+        }
+        let mut text = String::new();
+        file.take(MAX_CONFIG_FILE)
+            .read_to_string(&mut text)
+            .map_err(|e| err(format!("cannot read it as text ({e})")))?;
+        let mut c: VmConfig = serde_json::from_str(&text).map_err(|e| {
+            err(format!(
+                "not a valid ember configuration ({e}): see docs/config.md"
+            ))
+        })?;
+        c.sources.file = Some(path.to_path_buf());
+        Ok(c)
+    }
+
     /// The drives in the order the guest sees them (vda, vdb, ...): the root device first, as
     /// Firecracker does, so `root=/dev/vda` names it wherever the file lists it; the others
     /// keep their order.
@@ -475,23 +474,6 @@ impl VmConfig {
         let mut drives = self.drives.clone();
         drives.sort_by_key(|d| !d.is_root_device);
         drives
-    }
-
-    /// Reads a configuration file: JSON, every field known.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let err = |reason: String| ConfigError::ConfigFile {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => err("no such file: check the path".into()),
-            _ => err(format!("cannot read it ({e})")),
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            err(format!(
-                "not a valid ember configuration ({e}): see docs/config.md"
-            ))
-        })
     }
 
     /// The kernel to boot: the configured one, or the default one, which must exist.
@@ -509,259 +491,53 @@ impl VmConfig {
         }
     }
 
-    /// Validates everything that can be checked without KVM.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_except_kernel()?;
-        check_file("kernel", &self.kernel()?)
+    /// The kernel's input as the user gave it, with its path.
+    pub fn kernel_input(&self, path: &Path) -> String {
+        self.sources
+            .at("boot-source.kernel_image_path", &input::path_value(path))
     }
 
-    /// Validates everything but the kernel file, which [`crate::resolve`] opens (once) itself.
-    pub fn validate_except_kernel(&self) -> Result<(), ConfigError> {
-        let m = &self.machine_config;
-        if m.vcpu_count == 0 {
-            return Err(ConfigError::NoVcpus);
-        }
-        // One vCPU always fits: skip the cgroup files available_parallelism reads.
-        if m.vcpu_count > 1
-            && let Some(host) = host_cpus()
-            && m.vcpu_count > host
-            && !m.overcommit_vcpus
-        {
-            return Err(ConfigError::MoreVcpusThanCpus {
-                asked: m.vcpu_count,
-                host,
-            });
-        }
-        if m.mem_size_mib < MIN_MEM_MIB {
-            return Err(ConfigError::MemTooSmall(m.mem_size_mib));
-        }
-        if let Some(host) = crate::memory::host_mem_total() {
-            let host_mib = host >> 20;
-            if m.mem_size_mib > host_mib {
-                return Err(ConfigError::MemTooLarge {
-                    asked: m.mem_size_mib,
-                    host: host_mib,
-                });
-            }
-        }
-        if let Some(c) = &self.boot_source.boot_args {
-            if c.len() >= CMDLINE_MAX_SIZE {
-                return Err(ConfigError::CmdlineTooLong(c.len()));
-            }
-            if c.contains('\0') {
-                return Err(ConfigError::CmdlineNul);
-            }
-        }
-        match self.boot_source.initrd()? {
-            InitrdChoice::File(p) => check_file("initrd", &p)?,
-            // Read (and checked for being a static ELF) once, when the initramfs is built.
-            InitrdChoice::Exec { program, .. } => check_file("--exec program", &program)?,
-            InitrdChoice::BuiltIn | InitrdChoice::None => {}
-        }
-        self.validate_devices()
+    /// A drive's field as the user gave it: `--disk a.img,ro` or
+    /// `vm.json: drives[1].path_on_host: a.img`.
+    pub fn drive_at(&self, d: &Drive, field: &str, value: &dyn std::fmt::Display) -> String {
+        let index = config_index(&self.drives, d, |x| &x.origin);
+        self.sources
+            .device_at(&d.origin, "drives", index, field, value)
     }
 
-    fn validate_devices(&self) -> Result<(), ConfigError> {
-        for (what, count) in [
-            ("drives", self.drives.len()),
-            ("network-interfaces", self.network_interfaces.len()),
-        ] {
-            if count > MAX_DEVICES_PER_KIND {
-                return Err(ConfigError::TooManyDevices { what, count });
-            }
+    /// A network interface's field as the user gave it.
+    pub fn net_at(
+        &self,
+        n: &NetworkInterface,
+        field: &str,
+        value: &dyn std::fmt::Display,
+    ) -> String {
+        let index = config_index(&self.network_interfaces, n, |x| &x.origin);
+        self.sources
+            .device_at(&n.origin, "network-interfaces", index, field, value)
+    }
+
+    /// The vsock device's field as the user gave it.
+    pub fn vsock_at(&self, v: &Vsock, field: &str, value: &dyn std::fmt::Display) -> String {
+        match &v.origin {
+            Origin::Flag { .. } => self.sources.device_at(&v.origin, "vsock", 0, field, value),
+            Origin::Config => self.sources.field_at(&format!("vsock.{field}"), value),
         }
-        let mut roots = self.drives.iter().filter(|d| d.is_root_device);
-        if let (Some(a), Some(b)) = (roots.next(), roots.next()) {
-            return Err(ConfigError::TwoRoots(
-                a.drive_id.clone(),
-                b.drive_id.clone(),
-            ));
-        }
-        let mut ids = std::collections::HashSet::new();
-        let mut files = std::collections::HashSet::new();
-        for d in &self.drives {
-            if !ids.insert(d.drive_id.as_str()) {
-                return Err(ConfigError::Duplicate {
-                    what: "drive id",
-                    value: d.drive_id.clone(),
-                });
-            }
-            check_disk_file(&d.path_on_host, d.is_read_only)?;
-            // The same file twice (by inode, whatever the path) would be two devices writing
-            // one image behind each other's backs.
-            if let Ok(meta) = std::fs::metadata(&d.path_on_host) {
-                use std::os::unix::fs::MetadataExt;
-                if !files.insert((meta.dev(), meta.ino())) {
-                    return Err(ConfigError::Duplicate {
-                        what: "disk",
-                        value: d.path_on_host.display().to_string(),
-                    });
-                }
-            }
-        }
-        let mut taps = std::collections::HashSet::new();
-        for n in &self.network_interfaces {
-            if !taps.insert(n.host_dev_name.as_str()) {
-                return Err(ConfigError::Duplicate {
-                    what: "TAP device",
-                    value: n.host_dev_name.clone(),
-                });
-            }
-            if let Some(mac) = &n.guest_mac {
-                parse::parse_mac(mac).map_err(|reason| ConfigError::Value {
-                    flag: "--net mac=",
-                    value: mac.clone(),
-                    reason,
-                })?;
-            }
-        }
-        if let Some(v) = &self.vsock {
-            parse::check_vsock(v)?;
-        }
-        Ok(())
     }
 }
 
-/// Checks a disk image: a regular file, readable (and writable unless read-only).
-fn check_disk_file(path: &Path, read_only: bool) -> Result<(), ConfigError> {
-    let err = |reason: &str| ConfigError::File {
-        what: "--disk",
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => err("no such file: check the path"),
-        std::io::ErrorKind::PermissionDenied => err("permission denied: make it readable"),
-        _ => err("cannot read it"),
-    })?;
-    if meta.is_dir() {
-        return Err(err("is a directory: pass a disk image file"));
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied if !read_only => {
-                err("not writable: make it writable, or add ,ro for a read-only disk")
-            }
-            std::io::ErrorKind::PermissionDenied => err("permission denied: make it readable"),
-            _ => err("cannot open it"),
-        })?;
-    Ok(())
+/// The index of `item` among the entries of `list` that came from the configuration: its
+/// place in the file's array (flags add theirs before or after them).
+fn config_index<T: PartialEq>(list: &[T], item: &T, origin: impl Fn(&T) -> &Origin) -> usize {
+    list.iter()
+        .take_while(|x| *x != item)
+        .filter(|x| *origin(x) == Origin::Config)
+        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config() -> VmConfig {
-        VmConfig {
-            boot_source: BootSource {
-                kernel_image_path: Some(PathBuf::from("/proc/self/exe")),
-                no_initrd: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn more_vcpus_than_cpus_needs_the_overcommit_flag() {
-        let cpus = host_cpus().expect("sched_getaffinity");
-        let mut c = config();
-        c.machine_config.vcpu_count = cpus;
-        c.validate().unwrap();
-        c.machine_config.vcpu_count = cpus + 1;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("--vcpus {}", cpus + 1))
-                && e.contains(&format!("at most --vcpus {cpus}"))
-                && e.contains("--overcommit-vcpus"),
-            "{e}"
-        );
-        c.machine_config.overcommit_vcpus = true;
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn default_cmdline_fits() {
-        assert!(DEFAULT_CMDLINE.len() < CMDLINE_MAX_SIZE);
-        config().validate().unwrap();
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let mut c = config();
-        c.machine_config.vcpu_count = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("--vcpus 0"));
-        let mut c = config();
-        c.machine_config.mem_size_mib = 1;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--mem-mib 1")
-        );
-        let mut c = config();
-        c.machine_config.mem_size_mib = 1 << 40;
-        assert!(matches!(c.validate(), Err(ConfigError::MemTooLarge { .. })));
-        let mut c = config();
-        c.boot_source.boot_args = Some("x".repeat(CMDLINE_MAX_SIZE));
-        assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
-        let mut c = config();
-        c.boot_source.kernel_image_path = Some(PathBuf::from("/nonexistent/vmlinux"));
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("/nonexistent/vmlinux")
-        );
-        let mut c = config();
-        c.boot_source.kernel_image_path = Some(PathBuf::from("/"));
-        assert!(c.validate().unwrap_err().to_string().contains("directory"));
-        let mut c = config();
-        c.boot_source.initrd_path = Some(PathBuf::from("/proc/self/exe"));
-        assert!(matches!(c.validate(), Err(ConfigError::InitrdConflict)));
-    }
-
-    #[test]
-    fn errors_stay_on_one_line() {
-        // Found by fuzz/fuzz_targets/config_validation.rs: a kernel path with a newline.
-        let mut c = config();
-        c.boot_source.kernel_image_path = Some(PathBuf::from("\0\n"));
-        let msg = c.validate().unwrap_err().to_string();
-        assert!(!msg.contains('\n'), "{msg}");
-        assert!(msg.contains("\\n"), "{msg}");
-        assert_eq!(one_line("a\tb\u{1b}c"), "a\\tb\\u{1b}c");
-    }
-
-    #[test]
-    fn exec_must_be_static_elf() {
-        let p = Path::new("x");
-        assert!(matches!(
-            check_static_elf(p, b"#!/bin/sh\n"),
-            Err(ConfigError::ExecNotElf(_))
-        ));
-        // A minimal ELF64 header with one PT_INTERP program header.
-        let mut elf = vec![0u8; 64 + 56];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[18] = 62;
-        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-        elf[64..68].copy_from_slice(&3u32.to_le_bytes());
-        assert!(matches!(
-            check_static_elf(p, &elf),
-            Err(ConfigError::ExecDynamic(_))
-        ));
-        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
-        check_static_elf(p, &elf).unwrap();
-        // Program headers pointing past the end are not an executable.
-        elf[56..58].copy_from_slice(&100u16.to_le_bytes());
-        assert!(check_static_elf(p, &elf).is_err());
-    }
 
     #[test]
     fn json_round_trips_and_refuses_unknown_fields() {
@@ -789,41 +565,125 @@ mod tests {
         assert_eq!(c.machine_config, MachineConfig::default());
     }
 
+    /// Every field of Firecracker's configuration file, each at its null or default value,
+    /// as Firecracker itself writes them.
+    const FIRECRACKER_FILE: &str = r#"{
+        "boot-source": {"kernel_image_path": "KERNEL", "boot_args": "console=ttyS0 reboot=k panic=1", "initrd_path": null},
+        "drives": [{"drive_id": "rootfs", "partuuid": null, "is_root_device": true, "cache_type": "Unsafe",
+                    "is_read_only": null, "path_on_host": "DISK", "io_engine": "Sync", "rate_limiter": null, "socket": null}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "cpu_template": null,
+                           "track_dirty_pages": false, "huge_pages": "None"},
+        "cpu-config": null,
+        "balloon": null,
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:c0:a8:00:02",
+                                "mtu": null, "rx_rate_limiter": null, "tx_rate_limiter": {"bandwidth": null, "ops": null}}],
+        "vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "SOCK"},
+        "logger": null, "metrics": null, "mmds-config": null, "entropy": null, "pmem": [], "memory-hotplug": null
+    }"#;
+
     #[test]
-    fn device_checks() {
-        let dir = std::env::temp_dir().join(format!("ember-config-{}", std::process::id()));
+    fn firecracker_files_load_and_what_ember_does_not_do_is_named() {
+        let dir = std::env::temp_dir().join(format!("ember-fc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let img = dir.join("a.img");
-        std::fs::write(&img, [0u8; 512]).unwrap();
-        let drive = |id: &str, path: &Path| Drive {
-            drive_id: id.into(),
-            path_on_host: path.into(),
-            is_root_device: false,
-            is_read_only: false,
-        };
-        let mut c = config();
-        c.drives = vec![drive("a", &img)];
-        c.validate().unwrap();
-        c.drives.push(drive("b", &img));
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Duplicate { what: "disk", .. })
-        ));
-        c.drives = vec![drive("a", &dir)];
-        assert!(c.validate().unwrap_err().to_string().contains("directory"));
-        c.drives = vec![drive("a", &dir.join("missing"))];
-        assert!(
-            c.validate()
+        let disk = dir.join("rootfs.ext4");
+        std::fs::write(&disk, [0u8; 4096]).unwrap();
+        let file = dir.join("vm_config.json");
+        let text = FIRECRACKER_FILE
+            .replace("KERNEL", "/proc/self/exe")
+            .replace("DISK", disk.to_str().unwrap())
+            .replace("SOCK", dir.join("v.sock").to_str().unwrap());
+        std::fs::write(&file, &text).unwrap();
+        let c = VmConfig::from_file(&file).unwrap();
+        firecracker::check(&c).unwrap();
+        assert!(!c.drives[0].is_read_only);
+        for (from, to, says) in [
+            (
+                "\"smt\": false",
+                "\"smt\": true",
+                "machine-config.smt: true: not supported by ember",
+            ),
+            (
+                "\"io_engine\": \"Sync\"",
+                "\"io_engine\": \"Async\"",
+                "drives[0].io_engine: \"Async\": not supported",
+            ),
+            (
+                "\"socket\": null",
+                "\"socket\": \"/x.sock\"",
+                "drives[0].socket",
+            ),
+            (
+                "\"mtu\": null",
+                "\"mtu\": 1400",
+                "network-interfaces[0].mtu: 1400",
+            ),
+            (
+                "\"balloon\": null",
+                "\"balloon\": {\"amount_mib\": 1, \"deflate_on_oom\": true}",
+                "balloon",
+            ),
+            (
+                "\"pmem\": []",
+                "\"pmem\": [{\"id\": \"p\", \"path_on_host\": \"/x\"}]",
+                "pmem",
+            ),
+            (
+                "\"logger\": null",
+                "\"logger\": {\"level\": \"Info\"}",
+                "use --log-level",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(&file, text.replace(from, to)).unwrap();
+            let e = VmConfig::from_file(&file)
+                .and_then(|c| firecracker::check(&c))
                 .unwrap_err()
-                .to_string()
-                .contains("no such file")
-        );
-        let mut r1 = drive("r1", &img);
-        r1.is_root_device = true;
-        let mut r2 = r1.clone();
-        r2.drive_id = "r2".into();
-        c.drives = vec![r1, r2];
-        assert!(matches!(c.validate(), Err(ConfigError::TwoRoots(..))));
+                .to_string();
+            assert!(
+                e.contains(says) && e.contains(&*file.to_string_lossy()),
+                "{to}: {e}"
+            );
+            assert!(!e.contains("unknown field"), "{e}");
+        }
+        // A field Firecracker does not define stays refused.
+        std::fs::write(
+            &file,
+            text.replace("\"smt\": false", "\"smt\": false, \"turbo\": 1"),
+        )
+        .unwrap();
+        let e = VmConfig::from_file(&file).unwrap_err().to_string();
+        assert!(e.contains("unknown field `turbo`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_is_checked_before_it_is_read() {
+        for (path, says) in [
+            ("/dev/zero", "a character device, not a regular file"),
+            ("/", "a directory, not a regular file"),
+            ("/nonexistent.json", "no such file"),
+        ] {
+            let e = VmConfig::from_file(Path::new(path))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("--config {path}: ")) && e.contains(says),
+                "{e}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("ember-cfgfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("disk.img");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_CONFIG_FILE + 1).unwrap();
+        let e = VmConfig::from_file(&big).unwrap_err().to_string();
+        assert!(e.contains("more than a configuration file may be"), "{e}");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a live NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = VmConfig::from_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

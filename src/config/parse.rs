@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, Drive, NetworkInterface, Vsock, shown};
+use super::input::{Origin, quoted_if_needed};
+use super::{ConfigError, Drive, MAX_VCPUS, MIN_MEM_MIB, NetworkInterface, Vsock};
 
 /// Parses a duration: seconds (`90`), or a number with `ms`, `s`, `m` or `h` (`500ms`, `5m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -60,26 +61,52 @@ pub(super) mod duration_text {
 }
 
 fn value_err(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Value {
-        flag,
-        value: value.to_string(),
+    ConfigError::Invalid {
+        input: format!("{flag} {}", quoted_if_needed(value)),
         reason: reason.into(),
     }
 }
 
-/// Splits `a=1,b=2,c` into pieces, each `(key, Some(value))` or `(word, None)`.
-fn pieces(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    text.split(',').map(|p| match p.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (p, None),
-    })
+/// Splits `a=1,b=2,c` into pieces, each `(key, Some(value))` or `(word, None)`; a key given
+/// twice is an error (the last one would win silently).
+fn pieces<'a>(
+    flag: &'static str,
+    text: &'a str,
+    usage: &str,
+) -> Result<Vec<(&'a str, Option<&'a str>)>, ConfigError> {
+    let mut seen: Vec<(&str, Option<&str>)> = Vec::new();
+    for p in text.split(',') {
+        let piece = match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        };
+        if seen.iter().any(|(k, _)| *k == piece.0) {
+            return Err(value_err(
+                flag,
+                text,
+                format!(
+                    "{:?} is given twice: give each option once ({usage})",
+                    piece.0
+                ),
+            ));
+        }
+        seen.push(piece);
+    }
+    Ok(seen)
+}
+
+fn origin(flag: &'static str, text: &str) -> Origin {
+    Origin::Flag {
+        flag,
+        text: text.to_string(),
+    }
 }
 
 /// `--disk PATH[,ro][,id=NAME]`; `index` names it `diskN` when no id is given.
 pub fn parse_disk(text: &str, index: usize) -> Result<Drive, ConfigError> {
     const FLAG: &str = "--disk";
     let usage = "use --disk PATH[,ro][,id=NAME]";
-    let mut it = pieces(text);
+    let mut it = pieces(FLAG, text, usage)?.into_iter();
     let path = match it.next() {
         Some((p, None)) if !p.is_empty() => PathBuf::from(p),
         _ => return Err(value_err(FLAG, text, format!("no path first: {usage}"))),
@@ -87,13 +114,16 @@ pub fn parse_disk(text: &str, index: usize) -> Result<Drive, ConfigError> {
     let mut drive = Drive {
         drive_id: format!("disk{index}"),
         path_on_host: path,
-        is_root_device: false,
-        is_read_only: false,
+        origin: origin(FLAG, text),
+        ..Default::default()
     };
     for (key, value) in it {
         match (key, value) {
             ("ro", None) => drive.is_read_only = true,
             ("id", Some(id)) if !id.is_empty() => drive.drive_id = id.to_string(),
+            ("id", _) => {
+                return Err(value_err(FLAG, text, format!("id= needs a name: {usage}")));
+            }
             _ => {
                 return Err(value_err(
                     FLAG,
@@ -106,22 +136,35 @@ pub fn parse_disk(text: &str, index: usize) -> Result<Drive, ConfigError> {
     Ok(drive)
 }
 
-/// `--net tap=NAME[,mac=MAC]`; `index` names it `ethN`.
+/// `--rootfs PATH`: the root drive.
+pub fn parse_rootfs(path: &std::path::Path) -> Drive {
+    Drive {
+        drive_id: "rootfs".into(),
+        path_on_host: path.to_path_buf(),
+        is_root_device: true,
+        origin: origin("--rootfs", &path.display().to_string()),
+        ..Default::default()
+    }
+}
+
+/// `--net tap=NAME[,mac=MAC]`; `index` names it `ethN`. The name and address are checked
+/// with the rest of the configuration.
 pub fn parse_net(text: &str, index: usize) -> Result<NetworkInterface, ConfigError> {
     const FLAG: &str = "--net";
     let usage = "use --net tap=NAME[,mac=aa:bb:cc:dd:ee:ff]";
     let mut iface = NetworkInterface {
         iface_id: format!("eth{index}"),
-        host_dev_name: String::new(),
-        guest_mac: None,
+        origin: origin(FLAG, text),
+        ..Default::default()
     };
-    for (key, value) in pieces(text) {
+    let mut tap = false;
+    for (key, value) in pieces(FLAG, text, usage)? {
         match (key, value) {
-            ("tap", Some(name)) => iface.host_dev_name = name.to_string(),
-            ("mac", Some(mac)) => {
-                parse_mac(mac).map_err(|r| value_err(FLAG, text, r))?;
-                iface.guest_mac = Some(mac.to_string());
+            ("tap", Some(name)) => {
+                iface.host_dev_name = name.to_string();
+                tap = true;
             }
+            ("mac", Some(mac)) => iface.guest_mac = Some(mac.to_string()),
             _ => {
                 return Err(value_err(
                     FLAG,
@@ -131,30 +174,35 @@ pub fn parse_net(text: &str, index: usize) -> Result<NetworkInterface, ConfigErr
             }
         }
     }
-    // IFNAMSIZ is 16 with the NUL.
-    if iface.host_dev_name.is_empty() || iface.host_dev_name.len() > 15 {
-        return Err(value_err(
-            FLAG,
-            text,
-            format!("tap= needs a device name of 1 to 15 characters: {usage}"),
-        ));
+    if !tap {
+        return Err(value_err(FLAG, text, format!("tap= is needed: {usage}")));
     }
     Ok(iface)
 }
 
-/// `--vsock cid=N,uds=PATH`.
+/// `--vsock cid=N,uds=PATH`. The values are checked with the rest of the configuration.
 pub fn parse_vsock(text: &str) -> Result<Vsock, ConfigError> {
     const FLAG: &str = "--vsock";
-    let usage = "use --vsock cid=N,uds=PATH (N from 3)";
+    let usage = "use --vsock cid=N,uds=PATH (N from 3 to 4294967294)";
     let (mut cid, mut uds) = (None, None);
-    for (key, value) in pieces(text) {
+    for (key, value) in pieces(FLAG, text, usage)? {
         match (key, value) {
             ("cid", Some(n)) => {
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(value_err(
+                        FLAG,
+                        text,
+                        format!("cid={n} is not a number: {usage}"),
+                    ));
+                }
                 cid = Some(n.parse::<u32>().map_err(|_| {
-                    value_err(FLAG, text, format!("cid={n} is not a number: {usage}"))
+                    value_err(FLAG, text, format!("cid={n} is out of range: {usage}"))
                 })?)
             }
             ("uds", Some(p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+            ("uds", _) => {
+                return Err(value_err(FLAG, text, format!("uds= needs a path: {usage}")));
+            }
             _ => {
                 return Err(value_err(
                     FLAG,
@@ -169,6 +217,7 @@ pub fn parse_vsock(text: &str) -> Result<Vsock, ConfigError> {
             vsock_id: None,
             guest_cid,
             uds_path,
+            origin: origin(FLAG, text),
         }),
         _ => Err(value_err(
             FLAG,
@@ -178,42 +227,18 @@ pub fn parse_vsock(text: &str) -> Result<Vsock, ConfigError> {
     }
 }
 
-/// Checks a vsock device: a guest CID of 3 or more (0-2 are reserved), and a socket path that
-/// does not exist yet in a folder that does.
-pub fn check_vsock(v: &Vsock) -> Result<(), ConfigError> {
-    if v.guest_cid < 3 {
-        return Err(value_err(
-            "--vsock cid=",
-            &v.guest_cid.to_string(),
-            "CIDs 0, 1 and 2 are reserved (2 is the host): use 3 or more",
-        ));
-    }
-    let err = |reason: &str| ConfigError::File {
-        what: "--vsock uds=",
-        path: v.uds_path.clone(),
-        reason: reason.into(),
-    };
-    if v.uds_path.as_os_str().len() >= 100 {
-        return Err(err(
-            "longer than a Unix socket path may be: use a shorter path",
-        ));
-    }
-    if std::fs::symlink_metadata(&v.uds_path).is_ok() {
-        return Err(err(
-            "already exists: remove it, or pick a path ember can create its socket at",
-        ));
-    }
-    let parent = match v.uds_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(err(&format!(
-            "its folder {} does not exist: create it first",
-            shown(&parent)
-        )));
-    }
-    Ok(())
+/// `--vcpus N`: a whole number (its range is checked with the configuration).
+pub fn parse_vcpus(text: &str) -> Result<u32, String> {
+    text.parse::<u32>().map_err(|_| {
+        format!("{text:?} is not a vCPU count: use a whole number from 1 to {MAX_VCPUS}")
+    })
+}
+
+/// `--mem-mib M`: a whole number of MiB (its range is checked with the configuration).
+pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
+    text.parse::<u64>().map_err(|_| {
+        format!("{text:?} is not a memory size: use a whole number of MiB, {MIN_MEM_MIB} or more")
+    })
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`; refuses multicast addresses, which no interface may have.
@@ -234,6 +259,11 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     if mac[0] & 1 != 0 {
         return Err(format!(
             "{text} is a multicast address: the first byte must be even (02:... is a local one)"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!(
+            "{text} is the null address, which no interface may have: use another (02:... is a local one)"
         ));
     }
     Ok(mac)
@@ -273,6 +303,11 @@ mod tests {
             let e = parse_disk(bad, 0).unwrap_err().to_string();
             assert!(e.contains("--disk PATH[,ro][,id=NAME]"), "{bad}: {e}");
         }
+        // A key twice is refused, not last-wins.
+        for twice in ["/a,ro,ro", "/a,id=x,id=y"] {
+            let e = parse_disk(twice, 0).unwrap_err().to_string();
+            assert!(e.contains("is given twice"), "{twice}: {e}");
+        }
     }
 
     #[test]
@@ -284,49 +319,50 @@ mod tests {
         );
         let n = parse_net("tap=t,mac=02:00:00:00:00:01", 0).unwrap();
         assert_eq!(n.guest_mac.as_deref(), Some("02:00:00:00:00:01"));
-        for bad in [
-            "",
-            "tap=",
-            "tap=a-very-long-tap-name",
-            "tap=t,mac=zz",
-            "tap=t,mac=01:00:00:00:00:00",
-            "mac=02:00:00:00:00:01",
-        ] {
+        for bad in ["", "mac=02:00:00:00:00:01", "tap=a,tap=b", "tap=t,speed=1"] {
             assert!(parse_net(bad, 0).is_err(), "{bad}");
         }
         assert_eq!(parse_mac("02:ab:CD:00:00:ff").unwrap()[1], 0xab);
-        assert!(parse_mac("02:00:00:00:00").is_err());
-        assert!(parse_mac("02:00:00:00:00:00:00").is_err());
+        for bad in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "01:00:00:00:00:00",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn vsocks() {
         let v = parse_vsock("cid=3,uds=/tmp/x").unwrap();
         assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/tmp/x")));
-        for bad in ["cid=3", "uds=/x", "cid=x,uds=/x", "cid=3,uds=/x,port=1"] {
+        for bad in [
+            "cid=3",
+            "uds=/x",
+            "cid=3,uds=/x,port=1",
+            "cid=3,cid=4,uds=/x",
+        ] {
             assert!(parse_vsock(bad).is_err(), "{bad}");
         }
-        let mut v = parse_vsock("cid=2,uds=/tmp/ember-vsock-test").unwrap();
+        let e = parse_vsock("cid=x,uds=/x").unwrap_err().to_string();
+        assert!(e.contains("not a number"), "{e}");
+        let e = parse_vsock("cid=4294967296,uds=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_vcpus("4"), Ok(4));
+        let e = parse_vcpus("99999999999").unwrap_err();
+        assert!(e.contains("from 1 to 254"), "{e}");
         assert!(
-            check_vsock(&v)
+            parse_mem_mib("-1")
                 .unwrap_err()
-                .to_string()
-                .contains("reserved")
-        );
-        v.guest_cid = 3;
-        v.uds_path = "/proc".into();
-        assert!(
-            check_vsock(&v)
-                .unwrap_err()
-                .to_string()
-                .contains("already exists")
-        );
-        v.uds_path = "/nonexistent-ember-dir/v.sock".into();
-        assert!(
-            check_vsock(&v)
-                .unwrap_err()
-                .to_string()
-                .contains("does not exist")
+                .contains("whole number of MiB")
         );
     }
 }

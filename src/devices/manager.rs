@@ -23,6 +23,7 @@ use super::virtio::{Interrupt, VirtioDevice};
 use crate::arch::x86_64::acpi::AcpiDevice;
 use crate::arch::x86_64::layout;
 use crate::config::{Drive, NetworkInterface, Vsock};
+use crate::guest_log::GuestLogs;
 
 /// Errors placing or registering a device.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum ManagerError {
     #[error("no room for another device: {0}")]
     Allocate(vm_allocator::Error),
     /// The command line cannot take the device's entry.
-    #[error("the kernel command line has no room for a device entry ({0}): shorten --cmdline")]
+    #[error("the kernel command line has no room for a device entry ({0}): shorten it")]
     Cmdline(linux_loader::cmdline::Error),
     /// A KVM ioctl (ioeventfd, irqfd) failed.
     #[error("registering a device with KVM ({what}): {source}")]
@@ -60,6 +61,17 @@ pub enum DeviceSpec {
     Vsock(Vsock),
 }
 
+impl DeviceSpec {
+    /// How messages name the device: its kind and id.
+    pub fn name(&self) -> String {
+        match self {
+            DeviceSpec::Block(d) => format!("virtio-blk {}", d.drive_id),
+            DeviceSpec::Net(n) => format!("virtio-net {}", n.iface_id),
+            DeviceSpec::Vsock(_) => "virtio-vsock".into(),
+        }
+    }
+}
+
 /// A device with its place in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacedDevice {
@@ -69,6 +81,9 @@ pub struct PlacedDevice {
     pub addr: u64,
     /// Its interrupt line (GSI, IOAPIC pin).
     pub irq: u32,
+    /// How errors name it as the user gave it (`--disk a.img`,
+    /// `vm.json: drives[0].path_on_host: a.img`); empty until the caller sets it.
+    pub input: String,
 }
 
 impl PlacedDevice {
@@ -105,6 +120,7 @@ pub fn plan(
                 spec,
                 addr: window.start(),
                 irq,
+                input: String::new(),
             })
         })
         .collect()
@@ -120,6 +136,8 @@ pub struct Registrar<'a> {
     pub mmio: &'a mut Bus,
     /// The event loop.
     pub events: &'a mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    /// The VM's budgets for messages the guest can cause.
+    pub logs: &'a GuestLogs,
 }
 
 impl Registrar<'_> {
@@ -154,6 +172,7 @@ impl Registrar<'_> {
             self.mem.clone(),
             Arc::new(Interrupt::new(irqfd)),
             queue_evts,
+            self.logs.limit(place.spec.name()),
         )));
         self.mmio
             .insert(transport.clone(), place.addr, WINDOW_SIZE)?;
@@ -172,8 +191,7 @@ mod tests {
         DeviceSpec::Block(Drive {
             drive_id: id.into(),
             path_on_host: PathBuf::from("/x"),
-            is_root_device: false,
-            is_read_only: false,
+            ..Default::default()
         })
     }
 

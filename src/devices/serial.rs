@@ -87,6 +87,10 @@ impl Write for FdWriter {
 pub struct ConsoleWatch {
     /// The panic reason, once the guest printed one.
     pub panic: Option<String>,
+    /// Console bytes stdout could not take (closed, full device, gone reader).
+    pub dropped: u64,
+    /// Why the first of them was dropped.
+    pub drop_reason: Option<String>,
     line: Vec<u8>,
 }
 
@@ -143,6 +147,17 @@ impl Write for ConsoleOut {
                 watch.feed(b);
             }
         }
+        let dropped = |e: std::io::Error| {
+            let mut watch = lock(&self.watch);
+            if watch.drop_reason.is_none() {
+                // Said once; the count comes with the VM's end.
+                log::warn!(
+                    "stdout cannot take the guest's console output ({e}): it is dropped from here on"
+                );
+                watch.drop_reason = Some(e.to_string());
+            }
+            watch.dropped += buf.len() as u64;
+        };
         // The guest's bytes are dropped, not queued, when the host side fails (a closed
         // stdout): a guest must not be able to grow ember's memory. A write interrupted by a
         // kick is retried (a pause), unless the VM is stopping: then it is an error, and the
@@ -155,7 +170,10 @@ impl Write for ConsoleOut {
                         return Err(std::io::Error::other("console write interrupted by a stop"));
                     }
                 }
-                Err(_) => return Ok(buf.len()),
+                Err(e) => {
+                    dropped(e);
+                    return Ok(buf.len());
+                }
             }
         }
     }

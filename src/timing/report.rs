@@ -54,6 +54,24 @@ pub struct Memory {
     pub overhead_bytes: u64,
 }
 
+/// Messages a guest caused that were counted instead of logged, for one source.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Suppressed {
+    /// The device or vCPU.
+    pub source: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// What the host side could not take, counted instead of logged or queued.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Dropped {
+    /// Guest console bytes stdout could not take.
+    pub console_bytes: u64,
+    /// Guest-caused messages past each source's budget (`guest_log`).
+    pub guest_messages: Vec<Suppressed>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -72,6 +90,8 @@ pub struct Report {
     /// `inline`, or `deferred`: KVM destroys the VM after the process exits, in the teardown
     /// keeper, so `vm_torn_down` is only ember's own share.
     pub teardown: &'static str,
+    /// What was dropped or not logged.
+    pub dropped: Dropped,
 }
 
 impl Report {
@@ -129,7 +149,23 @@ impl Report {
                 overhead_bytes: peak_rss_bytes.saturating_sub(guest_touched_bytes),
             },
             teardown: "inline",
+            dropped: Dropped::default(),
         }
+    }
+
+    /// Adds what was dropped or not logged (see [`Report::dropped`]).
+    pub fn with_dropped(mut self, console_bytes: u64, messages: &[(String, u64)]) -> Self {
+        self.dropped = Dropped {
+            console_bytes,
+            guest_messages: messages
+                .iter()
+                .map(|(source, count)| Suppressed {
+                    source: source.clone(),
+                    count: *count,
+                })
+                .collect(),
+        };
+        self
     }
 
     /// Marks the teardown as deferred to the keeper (see [`Report::teardown`]).
@@ -170,6 +206,18 @@ impl Report {
         ));
         if self.teardown == "deferred" {
             out.push_str("  teardown deferred: vm_torn_down is ember's share; KVM destroys the VM after ember exits\n");
+        }
+        if self.dropped.console_bytes > 0 {
+            out.push_str(&format!(
+                "  dropped: {} bytes of console output stdout could not take\n",
+                self.dropped.console_bytes
+            ));
+        }
+        for s in &self.dropped.guest_messages {
+            out.push_str(&format!(
+                "  not logged: {} messages the guest caused ({})\n",
+                s.count, s.source
+            ));
         }
         out
     }

@@ -5,6 +5,7 @@ use kvm_ioctls::VcpuExit;
 
 use crate::devices::bus::Bus;
 use crate::exit::ExitReason;
+use crate::guest_log::LogLimit;
 
 /// KVM's system-event types.
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -27,11 +28,16 @@ pub enum Next {
 /// Handles one exit of vCPU `cpu`: port and MMIO accesses go to the buses (an access no device
 /// claims is dropped or reads all ones); HLT, IRQ-window, interrupt and IOAPIC-EOI exits
 /// resume; anything else ends the VM with a reason.
-pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
+/// Messages go through `log`: a guest can make these exits as fast as it likes.
+pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus, log: &LogLimit) -> Next {
     match exit {
         VcpuExit::IoOut(port, data) => {
             if !pio.write(u64::from(port), data) {
-                log::trace!("vCPU {cpu}: write to unhandled port {port:#x}: {data:x?}");
+                crate::guest_log!(
+                    log,
+                    log::Level::Trace,
+                    "write to unhandled port {port:#x}: {data:x?}"
+                );
             }
             Next::Run
         }
@@ -41,7 +47,7 @@ pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
         }
         VcpuExit::MmioWrite(addr, data) => {
             if !mmio.write(addr, data) {
-                log::trace!("vCPU {cpu}: write to unhandled MMIO {addr:#x}");
+                crate::guest_log!(log, log::Level::Trace, "write to unhandled MMIO {addr:#x}");
             }
             Next::Run
         }
@@ -55,7 +61,11 @@ pub fn dispatch(exit: VcpuExit, cpu: u32, pio: &Bus, mmio: &Bus) -> Next {
         // The EOI of a level-triggered IOAPIC vector: ember's devices pulse their lines, so no
         // pin is still asserted and nothing is delivered again (devices::ioapic).
         VcpuExit::IoapicEoi(vector) => {
-            log::debug!("vCPU {cpu}: EOI of level-triggered vector {vector:#x}");
+            crate::guest_log!(
+                log,
+                log::Level::Debug,
+                "EOI of level-triggered vector {vector:#x}"
+            );
             Next::Run
         }
         VcpuExit::Shutdown => Next::TripleFault,
@@ -119,24 +129,31 @@ mod tests {
     #[test]
     fn accesses_go_to_the_buses() {
         let (pio, mmio, p, m) = buses();
+        let log = LogLimit::new("vCPU 0");
         assert_eq!(
-            dispatch(VcpuExit::IoOut(0x3f9, &[7]), 0, &pio, &mmio),
+            dispatch(VcpuExit::IoOut(0x3f9, &[7]), 0, &pio, &mmio, &log),
             Next::Run
         );
         let mut d = [0u8; 1];
         assert_eq!(
-            dispatch(VcpuExit::IoIn(0x3fa, &mut d), 0, &pio, &mmio),
+            dispatch(VcpuExit::IoIn(0x3fa, &mut d), 0, &pio, &mmio, &log),
             Next::Run
         );
         assert_eq!(d, [0x42]);
         let w = 0xd000_0050u64;
         assert_eq!(
-            dispatch(VcpuExit::MmioWrite(w, &[1, 0, 0, 0]), 0, &pio, &mmio),
+            dispatch(VcpuExit::MmioWrite(w, &[1, 0, 0, 0]), 0, &pio, &mmio, &log),
             Next::Run
         );
         let mut d = [0u8; 4];
         assert_eq!(
-            dispatch(VcpuExit::MmioRead(0xd000_0004, &mut d), 0, &pio, &mmio),
+            dispatch(
+                VcpuExit::MmioRead(0xd000_0004, &mut d),
+                0,
+                &pio,
+                &mmio,
+                &log
+            ),
             Next::Run
         );
         assert_eq!(d, [0x44; 4]);
@@ -144,12 +161,12 @@ mod tests {
         assert_eq!(m.lock().unwrap().writes, vec![(0x50, vec![1, 0, 0, 0])]);
         // Nobody's: dropped, or all ones; the guest goes on.
         assert_eq!(
-            dispatch(VcpuExit::IoOut(0x80, &[1]), 0, &pio, &mmio),
+            dispatch(VcpuExit::IoOut(0x80, &[1]), 0, &pio, &mmio, &log),
             Next::Run
         );
         let mut d = [0u8; 2];
         assert_eq!(
-            dispatch(VcpuExit::MmioRead(0x1234, &mut d), 0, &pio, &mmio),
+            dispatch(VcpuExit::MmioRead(0x1234, &mut d), 0, &pio, &mmio, &log),
             Next::Run
         );
         assert_eq!(d, [0xff; 2]);
@@ -158,7 +175,8 @@ mod tests {
     #[test]
     fn endings() {
         let (pio, mmio, _, _) = buses();
-        let d = |e| dispatch(e, 3, &pio, &mmio);
+        let log = LogLimit::new("vCPU 3");
+        let d = |e| dispatch(e, 3, &pio, &mmio, &log);
         assert_eq!(d(VcpuExit::Hlt), Next::Run);
         assert_eq!(d(VcpuExit::IrqWindowOpen), Next::Run);
         assert_eq!(d(VcpuExit::IoapicEoi(0x31)), Next::Run);

@@ -21,6 +21,7 @@ use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::guest_log::{GuestLogs, LogLimit};
 use crate::placement::{self, Placement};
 use crate::seccomp::{self, Role};
 use crate::signals;
@@ -82,6 +83,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: u32,
     control: Arc<VcpuControl>,
+    /// The budget for messages the guest's exits can cause.
+    log: Arc<LogLimit>,
 }
 
 /// What a vCPU needs to know to configure itself.
@@ -96,6 +99,8 @@ pub struct VcpuSetup<'a> {
     pub mem_size: u64,
     /// Kernel entry.
     pub entry: EntryPoint,
+    /// The VM's budgets for messages the guest can cause.
+    pub logs: &'a GuestLogs,
 }
 
 impl Vcpu {
@@ -137,7 +142,12 @@ impl Vcpu {
         }
         let mut fd = fd;
         let control = Arc::new(VcpuControl::new(id, fd.get_kvm_run()));
-        Ok(Self { fd, id, control })
+        Ok(Self {
+            fd,
+            id,
+            control,
+            log: setup.logs.limit(format!("vCPU {id}")),
+        })
     }
 
     /// The handle through which this vCPU's thread is paused, resumed and stopped.
@@ -152,7 +162,7 @@ impl Vcpu {
         let id = self.id;
         while !self.control.stop_requested() && !exit.is_stopping() {
             let next = match self.fd.run() {
-                Ok(e) => dispatch(e, id, pio, mmio),
+                Ok(e) => dispatch(e, id, pio, mmio, &self.log),
                 // A kick (pause, stop) or a signal: ask the control what now.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     if self.control.after_interrupt() {

@@ -36,6 +36,7 @@ use crate::devices::virtio::net::{Net, NetError, Tap, default_mac};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 pub use crate::exit::VmOutcome;
 use crate::exit::{ExitReason, ExitSignal, ExitSignalError, classify};
+use crate::guest_log::GuestLogs;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, MemoryError};
 use crate::placement::Placement;
@@ -75,12 +76,28 @@ pub enum VmmError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     /// More vCPUs than KVM allows.
-    #[error("--vcpus {asked} is more than this host's KVM allows ({max}): use at most {max}")]
+    #[error("{input}: more than this host's KVM allows ({max}): use at most {max}")]
     TooManyVcpus {
-        /// Asked.
-        asked: u32,
+        /// The vCPU count's input, with its value.
+        input: String,
         /// Allowed.
         max: u32,
+    },
+    /// The guest's memory size does not suit what goes in it, or the host.
+    #[error("{source} ({input})")]
+    MemorySize {
+        /// The memory size's input, with its value.
+        input: String,
+        /// What did not fit.
+        source: Box<VmmError>,
+    },
+    /// A device's host side could not be set up (a disk image, a TAP, a vsock socket).
+    #[error("{input}: {reason}")]
+    Device {
+        /// The device's input, as the user gave it.
+        input: String,
+        /// What is wrong and how to fix it.
+        reason: String,
     },
     /// A device could not be placed.
     #[error("device layout: {0}")]
@@ -113,15 +130,39 @@ pub enum VmmError {
     /// A device could not be put in place.
     #[error(transparent)]
     Devices(#[from] ManagerError),
-    /// A disk could not be opened.
-    #[error(transparent)]
-    Block(#[from] BlockError),
-    /// A TAP could not be attached.
-    #[error(transparent)]
-    Net(#[from] NetError),
-    /// The vsock device could not be set up.
-    #[error(transparent)]
-    Vsock(#[from] VsockError),
+}
+
+/// What kind of failure a [`VmmError`] is, for a front end's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user's input cannot be built: fix the input.
+    BadInput,
+    /// /dev/kvm is missing, not permitted, or lacks something ember needs.
+    NoKvm,
+    /// The host failed (an ioctl, a thread, an eventfd).
+    Host,
+}
+
+impl VmmError {
+    /// Whose the failure is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VmmError::Kvm(
+                KvmError::NoDevice
+                | KvmError::NoPermission
+                | KvmError::MissingCap(..)
+                | KvmError::ApiVersion(_)
+                | KvmError::Open(_),
+            ) => ErrorKind::NoKvm,
+            VmmError::Boot(_)
+            | VmmError::TooManyVcpus { .. }
+            | VmmError::MemorySize { .. }
+            | VmmError::Device { .. }
+            | VmmError::Mptable(_)
+            | VmmError::Acpi(_) => ErrorKind::BadInput,
+            _ => ErrorKind::Host,
+        }
+    }
 }
 
 /// KVM's supported CPUID, read on a helper thread of its own (with its own /dev/kvm file) while
@@ -207,6 +248,11 @@ pub struct VmRun {
     pub guest_touched_bytes: u64,
     /// Whether KVM's teardown was handed to a keeper that ends after this process.
     pub teardown_deferred: bool,
+    /// Messages the guest caused that were counted instead of logged, by source
+    /// ([`crate::guest_log`]).
+    pub suppressed_messages: Vec<(String, u64)>,
+    /// Console bytes stdout could not take, and why the first was dropped.
+    pub console_dropped: (u64, Option<String>),
 }
 
 /// Pauses, resumes and stops a running VM from any thread.
@@ -256,6 +302,7 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
+    guest_logs: GuestLogs,
     timeout: Option<Duration>,
     measure_guest_memory: bool,
     seccomp: Seccomp,
@@ -282,10 +329,14 @@ impl Vmm {
         let max = kvm::max_vcpus(&kvm);
         if vm.vcpus > max {
             return Err(VmmError::TooManyVcpus {
-                asked: vm.vcpus,
+                input: vm.names.vcpus.clone(),
                 max,
             });
         }
+        let sized = |e: VmmError| VmmError::MemorySize {
+            input: vm.names.mem.clone(),
+            source: Box::new(e),
+        };
         // The vCPU threads first: they start and install their filters while the VM is
         // built, on the host's other CPUs (each costs 0.2-0.3 ms on a PVM host), instead of
         // between the last ioctl and the first guest instruction.
@@ -304,7 +355,7 @@ impl Vmm {
         // in-kernel PIC, IOAPIC and PIT cost 0.1-0.5 ms to create and 13-18 ms of KVM's time to
         // destroy, and a memslot registered after them waits out an SRCU grace period (5-12
         // ms); the split irqchip costs under 0.01 ms, and a VM without them closes in 0.3-0.4.
-        let mem = memory::create(vm.mem_size)?;
+        let mem = memory::create(vm.mem_size).map_err(|e| sized(e.into()))?;
         memory::register(&vm_fd, &memory::regions(&mem))?;
         timeline.mark(Phase::MemoryMapped);
         let split = kvm_enable_cap {
@@ -320,6 +371,7 @@ impl Vmm {
             // Step 5: devices.
             let host_err = |what| move |source| VmmError::Host { what, source };
             let exit = Arc::new(ExitSignal::new(timeline.clone())?);
+            let guest_logs = GuestLogs::default();
             let mut events: EventManager<Subscriber> =
                 EventManager::new().map_err(VmmError::EventLoop)?;
             let console = Arc::new(Mutex::new(ConsoleWatch::default()));
@@ -371,11 +423,17 @@ impl Vmm {
                 mem: &mem,
                 mmio: &mut mmio,
                 events: &mut events,
+                logs: &guest_logs,
             };
             for place in &vm.devices {
+                let device = |reason: String| VmmError::Device {
+                    input: place.input.clone(),
+                    reason,
+                };
                 match &place.spec {
                     DeviceSpec::Block(d) => registrar.register(
-                        Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)?,
+                        Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)
+                            .map_err(|e: BlockError| device(e.to_string()))?,
                         place,
                     )?,
                     DeviceSpec::Net(n) => {
@@ -384,27 +442,30 @@ impl Vmm {
                             Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
                             None => default_mac(&n.host_dev_name),
                         };
-                        registrar.register(Net::new(Tap::open(&n.host_dev_name)?, mac), place)?
+                        let tap = Tap::open(&n.host_dev_name)
+                            .map_err(|e: NetError| device(e.to_string()))?;
+                        registrar.register(Net::new(tap, mac), place)?
                     }
-                    DeviceSpec::Vsock(v) => registrar
-                        .register(Vsock::new(u64::from(v.guest_cid), &v.uds_path)?, place)?,
+                    DeviceSpec::Vsock(v) => registrar.register(
+                        Vsock::new(u64::from(v.guest_cid), &v.uds_path)
+                            .map_err(|e: VsockError| device(e.to_string()))?,
+                        place,
+                    )?,
                 }
             }
 
             // Step 6: kernel, initrd, command line, MP table, ACPI tables, boot parameters.
-            let kernel = boot::load_kernel(&mem, vm.mem_size, &mut vm.kernel)?;
+            let kernel = boot::load_kernel(&mem, vm.mem_size, &mut vm.kernel)
+                .map_err(|e| sized(e.into()))?;
             let initrd = match &vm.initrd {
-                Some(img) => Some(boot::load_initrd(
-                    &mem,
-                    vm.mem_size,
-                    &kernel,
-                    &img.name,
-                    &img.bytes,
-                )?),
+                Some(img) => Some(
+                    boot::load_initrd(&mem, vm.mem_size, &kernel, &img.name, &img.bytes)
+                        .map_err(|e| sized(e.into()))?,
+                ),
                 None => None,
             };
             let cmdline = vm.cmdline_text();
-            boot::write_cmdline(&mem, &cmdline)?;
+            boot::write_cmdline(&mem, &cmdline).map_err(|e| sized(e.into()))?;
             // Both CPU descriptions: the MP table for kernels without ACPI (the project's),
             // ACPI for those that have it and may lack MP-table support (Debian's cloud kernel).
             mptable::write(&mem, vm.vcpus)?;
@@ -425,6 +486,7 @@ impl Vmm {
                 mem: &mem,
                 mem_size: vm.mem_size,
                 entry: kernel.entry,
+                logs: &guest_logs,
             };
             let vcpus = (0..vm.vcpus)
                 .map(|id| Vcpu::new(&vm_fd, id, &setup))
@@ -441,6 +503,7 @@ impl Vmm {
                 mem,
                 exit,
                 console,
+                guest_logs,
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
                 timeout: vm.timeout,
@@ -545,7 +608,10 @@ impl Vmm {
         } else {
             0
         };
-        let panic = lock(&self.console).panic.clone();
+        let (panic, console_dropped) = {
+            let c = lock(&self.console);
+            (c.panic.clone(), (c.dropped, c.drop_reason.clone()))
+        };
         let outcome = classify(
             self.exit.reason().unwrap_or(ExitReason::Reset),
             panic,
@@ -569,6 +635,8 @@ impl Vmm {
             outcome,
             guest_touched_bytes,
             teardown_deferred,
+            suppressed_messages: self.guest_logs.suppressed(),
+            console_dropped,
         })
     }
 }

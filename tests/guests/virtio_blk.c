@@ -8,51 +8,8 @@
    Expected disks: the first writable, its sector 0 starting "EMBERDISK"; the second (if any)
    read-only. Output lines the test looks for: "disk N: ...", "virtio-blk: all ok". */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+#include "freestanding.h"
 
-#define COM1 0x3f8
-
-static void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
-static u64 rdtsc(void) {
-    u32 lo, hi;
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return ((u64)hi << 32) | lo;
-}
-
-void *memset(void *d, int c, unsigned long n) {
-    u8 *p = d;
-    while (n--) *p++ = (u8)c;
-    return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n) {
-    u8 *p = d;
-    const u8 *q = s;
-    while (n--) *p++ = *q++;
-    return d;
-}
-
-static void puts(const char *s) { while (*s) outb(COM1, (u8)*s++); }
-static void puthex(u64 v) {
-    puts("0x");
-    for (int i = 60; i >= 0; i -= 4) outb(COM1, "0123456789abcdef"[(v >> i) & 0xf]);
-}
-static void putdec(u64 v) {
-    char b[24];
-    int i = 0;
-    do { b[i++] = (char)('0' + v % 10); v /= 10; } while (v);
-    while (i) outb(COM1, (u8)b[--i]);
-}
-static int starts(const char *s, const char *p) {
-    while (*p) if (*s++ != *p++) return 0;
-    return 1;
-}
-static void reset(void) {
-    outb(0x64, 0xfe);
-    for (;;) __asm__ volatile("hlt");
-}
 static int failures;
 static void fail(const char *what) {
     puts("FAIL: ");
@@ -61,15 +18,6 @@ static void fail(const char *what) {
     failures++;
 }
 
-/* virtio-mmio registers. */
-#define R(base, off) (*(volatile u32 *)((base) + (off)))
-enum {
-    MAGIC = 0x00, VERSION = 0x04, DEVICE_ID = 0x08, DEV_FEATURES = 0x10, DEV_FEATURES_SEL = 0x14,
-    DRV_FEATURES = 0x20, DRV_FEATURES_SEL = 0x24, QUEUE_SEL = 0x30, QUEUE_NUM_MAX = 0x34,
-    QUEUE_NUM = 0x38, QUEUE_READY = 0x44, QUEUE_NOTIFY = 0x50, STATUS = 0x70, DESC_LO = 0x80,
-    DESC_HI = 0x84, AVAIL_LO = 0x90, AVAIL_HI = 0x94, USED_LO = 0xa0, USED_HI = 0xa4, CONFIG = 0x100,
-};
-enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8 };
 enum { F_NEXT = 1, F_WRITE = 2 };
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8 };
 #define QSIZE 8
@@ -269,19 +217,12 @@ static void test_disk(int n, u64 base, int want_ro, int hostile_mode) {
 /* Entered in 64-bit long mode, %rsi = boot_params, stack at 0x8ff0. */
 void main_c(u8 *boot_params) {
     puts("virtio-blk guest\n");
-    const char *cmdline = (const char *)(u64) * (u32 *)(boot_params + 0x228);
+    const char *cmdline = cmdline_of(boot_params);
     int hostile_mode = 0;
-    u64 bases[4];
-    int n = 0;
-    for (const char *p = cmdline; *p; p++) {
+    for (const char *p = cmdline; *p; p++)
         if (starts(p, "hostile")) hostile_mode = 1;
-        if (starts(p, "virtio_mmio.device=4K@0x") && n < 4) {
-            u64 v = 0;
-            for (p += 24; *p && *p != ':'; p++)
-                v = v * 16 + (u64)(*p <= '9' ? *p - '0' : (*p | 0x20) - 'a' + 10);
-            bases[n++] = v;
-        }
-    }
+    u64 bases[4];
+    int n = find_virtio(cmdline, bases, 4);
     if (n == 0) fail("no virtio_mmio.device= on the command line");
     for (int i = 0; i < n; i++) test_disk(i, bases[i], i == 1, hostile_mode && i == 0);
     puts(failures ? "virtio-blk: FAILED\n" : "virtio-blk: all ok\n");

@@ -42,7 +42,13 @@ pub fn drive<D: VirtioDevice + 'static>(device: D, queues: u32, data: &[u8], rou
         .filter_map(|_| EventFd::new(EFD_NONBLOCK).ok())
         .collect();
     let notify: Vec<EventFd> = evts.iter().filter_map(|e| e.try_clone().ok()).collect();
-    let mut t = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irq)), evts);
+    let mut t = MmioTransport::new(
+        device,
+        mem.clone(),
+        Arc::new(Interrupt::new(irq)),
+        evts,
+        Arc::new(ember::guest_log::LogLimit::new("fuzzed device")),
+    );
     // The handshake: ACKNOWLEDGE, DRIVER, VERSION_1 and every offered feature, FEATURES_OK.
     w(&mut t, 0x70, 1);
     w(&mut t, 0x70, 3);

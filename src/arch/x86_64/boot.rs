@@ -75,7 +75,7 @@ pub enum BootError {
     /// linux-loader refused the image, usually because it is truncated or does not fit.
     #[error(
         "kernel {path} could not be loaded ({source}): the file may be truncated, or it does not \
-         fit in {mem_mib} MiB of guest memory (try a larger --mem-mib)"
+         fit in {mem_mib} MiB of guest memory (try more)"
     )]
     Load {
         /// The kernel path.
@@ -88,7 +88,7 @@ pub enum BootError {
     /// The decompressed kernel would not fit in guest memory.
     #[error(
         "kernel {path} needs {need_mib} MiB of guest memory to unpack but the VM has {mem_mib} MiB: \
-         raise --mem-mib"
+         give the guest more memory"
     )]
     KernelTooBig {
         /// The kernel path.
@@ -109,7 +109,7 @@ pub enum BootError {
     /// The initrd does not fit between the kernel and the top of low memory.
     #[error(
         "initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the \
-         kernel: raise --mem-mib or shrink the initrd"
+         kernel: give the guest more memory or shrink the initrd"
     )]
     InitrdTooBig {
         /// The initrd path or description.
@@ -120,7 +120,7 @@ pub enum BootError {
         limit: u64,
     },
     /// Writing to guest memory failed (an address outside guest RAM).
-    #[error("cannot write {what} to guest memory at {addr:#x}: raise --mem-mib")]
+    #[error("cannot write {what} to guest memory at {addr:#x}: give the guest more memory")]
     GuestWrite {
         /// What was being written.
         what: &'static str,

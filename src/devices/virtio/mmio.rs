@@ -13,8 +13,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Active, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{Active, Interrupt, Served, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::devices::bus::BusDevice;
+use crate::guest_log::LogLimit;
 
 /// "virt", little-endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -50,16 +51,21 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     active: bool,
+    /// The driver broke a queue: nothing is served until it resets the device.
+    broken: bool,
+    log: Arc<LogLimit>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// `device` behind a transport over `mem`, raising `interrupt`; `queue_evts` (one per
-    /// queue) are what the guest's queue notifications signal.
+    /// queue) are what the guest's queue notifications signal; `log` bounds the messages the
+    /// guest can cause.
     pub fn new(
         device: D,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queue_evts: Vec<EventFd>,
+        log: Arc<LogLimit>,
     ) -> Self {
         let queues = Self::fresh_queues(&device);
         Self {
@@ -74,6 +80,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             active: false,
+            broken: false,
+            log,
         }
     }
 
@@ -118,11 +126,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// Whether the driver broke a queue and has not reset the device since.
+    pub fn needs_reset(&self) -> bool {
+        self.broken
+    }
+
     fn reset(&mut self) {
-        if self.active {
+        if self.active && !self.broken {
             self.device.reset();
         }
         self.active = false;
+        self.broken = false;
         self.queues = Self::fresh_queues(&self.device);
         self.status = 0;
         self.acked_features = 0;
@@ -160,9 +174,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .all(|q| q.ready() && q.is_valid(&self.mem));
         if !usable {
-            log::debug!(
-                "virtio device {}: queues not ready or outside guest memory at DRIVER_OK; it needs a reset",
-                self.device.device_type()
+            crate::guest_log!(
+                self.log,
+                log::Level::Debug,
+                "queues not ready or outside guest memory at DRIVER_OK; the device needs a reset"
             );
             self.status |= S_NEEDS_RESET;
             self.interrupt.raise(super::INT_CONFIG);
@@ -180,8 +195,26 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queues,
             interrupt: self.interrupt.clone(),
             features: self.acked_features,
+            log: self.log.clone(),
         });
         self.active = true;
+    }
+
+    /// What the device's service came to: a broken queue stops the device (it drops its
+    /// queues, as at a reset) and tells the driver, once, that it needs a reset.
+    fn served(&mut self, served: Served) {
+        let Err(broken) = served else {
+            return;
+        };
+        crate::guest_log!(
+            self.log,
+            log::Level::Warn,
+            "{broken}: the device serves nothing until the driver resets it"
+        );
+        self.device.reset();
+        self.broken = true;
+        self.status |= S_NEEDS_RESET;
+        self.interrupt.raise(super::INT_CONFIG);
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -251,7 +284,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
             0x94 => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
             0xa0 => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
             0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
-            _ => log::trace!("virtio-mmio: write {value:#x} to register {offset:#x} ignored"),
+            _ => crate::guest_log!(
+                self.log,
+                log::Level::Trace,
+                "write {value:#x} to register {offset:#x} ignored"
+            ),
         }
     }
 
@@ -293,11 +330,15 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
         if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
             // Drained either way: a notification before the device runs is dropped.
             let _ = self.queue_evts[q].read();
-            if self.active {
-                self.device.queue_event(q, ops);
+            if self.active && !self.broken {
+                let served = self.device.queue_event(q, ops);
+                self.served(served);
             }
         } else {
-            self.device.host_event(events, ops);
+            // A stopped device still owns its host fds: it drains or parks them as before
+            // activation.
+            let served = self.device.host_event(events, ops);
+            self.served(served);
         }
     }
 
@@ -349,8 +390,9 @@ pub(crate) mod tests {
             self.resets += 1;
             self.activated = None;
         }
-        fn queue_event(&mut self, queue: usize, _ops: &mut EventOps) {
+        fn queue_event(&mut self, queue: usize, _ops: &mut EventOps) -> Served {
             self.events.push(queue);
+            Ok(())
         }
     }
 
@@ -360,7 +402,13 @@ pub(crate) mod tests {
         let evts = (0..2)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
-        MmioTransport::new(Probe::default(), mem, irq, evts)
+        MmioTransport::new(
+            Probe::default(),
+            mem,
+            irq,
+            evts,
+            Arc::new(LogLimit::new("probe")),
+        )
     }
 
     fn r(t: &mut MmioTransport<Probe>, off: u64) -> u32 {

@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use event_manager::{EventOps, Events};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::guest_log::LogLimit;
 
 /// The feature bit every ember device offers: a modern (virtio 1.x) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -78,6 +80,8 @@ pub struct Active {
     pub interrupt: Arc<Interrupt>,
     /// The features the driver accepted.
     pub features: u64,
+    /// The budget for messages the guest can cause (`crate::guest_log`).
+    pub log: Arc<LogLimit>,
 }
 
 impl Active {
@@ -91,6 +95,39 @@ impl Active {
         if needs {
             self.interrupt.signal_used();
         }
+    }
+}
+
+/// A queue the driver has put in a state no device can serve (an available index further
+/// ahead than the queue has entries): the device stops, and the transport tells the driver it
+/// needs a reset (DEVICE_NEEDS_RESET, virtio 1.2 section 2.1.2), instead of failing on every
+/// notification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the driver broke queue {queue} ({reason})")]
+pub struct Broken {
+    /// The queue's index.
+    pub queue: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What serving a device's queues came to: done, or a queue the driver broke.
+pub type Served = Result<(), Broken>;
+
+/// The next chain the driver made available on `queue` (index `index`), if any. Unlike
+/// virtio-queue's `pop_descriptor_chain`, which logs an error and returns nothing, a broken
+/// available ring is an error the device stops on.
+pub fn pop_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+    index: usize,
+) -> Result<Option<DescriptorChain<&'a GuestMemoryMmap>>, Broken> {
+    match queue.iter(mem) {
+        Ok(mut chains) => Ok(chains.next()),
+        Err(e) => Err(Broken {
+            queue: index,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -116,10 +153,12 @@ pub trait VirtioDevice: Send {
         Vec::new()
     }
     /// The guest notified queue `queue` (only called once active).
-    fn queue_event(&mut self, queue: usize, ops: &mut EventOps);
+    fn queue_event(&mut self, queue: usize, ops: &mut EventOps) -> Served;
     /// One of the device's host fds is ready (called whether active or not: a device owns its
     /// host fds and must drain or park them either way).
-    fn host_event(&mut self, _events: Events, _ops: &mut EventOps) {}
+    fn host_event(&mut self, _events: Events, _ops: &mut EventOps) -> Served {
+        Ok(())
+    }
 }
 
 /// Copies up to `data.len()` bytes of `config` from `offset` into `data`, zero past its end:

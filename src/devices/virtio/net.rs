@@ -14,7 +14,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use super::{Active, VirtioDevice, read_config_bytes};
+use super::{Active, Served, VirtioDevice, pop_chain, read_config_bytes};
 
 /// virtio_ids: network device.
 const DEVICE_TYPE: u32 = 1;
@@ -36,7 +36,7 @@ const IFF_NO_PI: i16 = 0x1000;
 
 /// Errors attaching to a TAP device.
 #[derive(Debug, thiserror::Error)]
-#[error("--net tap={name:?}: {reason}")]
+#[error("TAP {name}: {reason}")]
 pub struct NetError {
     name: String,
     reason: String,
@@ -45,7 +45,6 @@ pub struct NetError {
 /// An open TAP device.
 pub struct Tap {
     file: File,
-    name: String,
 }
 
 impl Tap {
@@ -61,10 +60,18 @@ impl Tap {
                 "no such network device: create it first (ip tuntap add {name} mode tap)"
             )));
         }
-        if !sys.join("tun_flags").exists() {
+        let Ok(flags) = std::fs::read_to_string(sys.join("tun_flags")) else {
             return Err(err(
                 "not a TAP device: pass one made with ip tuntap add NAME mode tap".into(),
             ));
+        };
+        // A TUN device carries IP packets, not Ethernet frames: the kernel refuses to attach
+        // to it as a TAP (EINVAL), which says nothing useful.
+        let flags = i16::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+        if flags & IFF_TAP == 0 {
+            return Err(err(format!(
+                "a TUN device (IP packets), not a TAP (Ethernet frames): create a TAP with ip tuntap add {name} mode tap"
+            )));
         }
         let tun = std::fs::OpenOptions::new()
             .read(true)
@@ -94,10 +101,7 @@ impl Tap {
                 _ => format!("cannot attach to it ({e})"),
             }));
         }
-        Ok(Self {
-            file: tun,
-            name: name.to_string(),
-        })
+        Ok(Self { file: tun })
     }
 }
 
@@ -165,30 +169,41 @@ impl Net {
     }
 
     /// Moves frames from the TAP into the guest's receive buffers until one side runs out.
-    fn receive(&mut self, ops: &mut EventOps) {
+    fn receive(&mut self, ops: &mut EventOps) -> Served {
         let Some(mut active) = self.active.take() else {
             // Not running: frames for a guest that cannot take them are dropped.
             while self.read_frame().is_some() {}
-            return;
+            return Ok(());
         };
         let mut delivered = false;
+        let mut result = Ok(());
         while let Some(len) = self.pending.take().or_else(|| self.read_frame()) {
-            let Active { mem, queues, .. } = &mut active;
+            let Active {
+                mem, queues, log, ..
+            } = &mut active;
             let Some(queue) = queues.get_mut(RX) else {
                 break;
             };
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                // No buffer: keep the frame, stop reading until the guest adds buffers.
-                self.pending = Some(len);
-                self.listen(false, ops);
-                break;
+            let chain = match pop_chain(queue, mem, RX) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    // No buffer: keep the frame, stop reading until the guest adds buffers.
+                    self.pending = Some(len);
+                    self.listen(false, ops);
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             };
             let head = chain.head_index();
             let written = write_to_chain(chain, mem, &self.frame[..len]);
             if written < len {
-                log::debug!(
-                    "virtio-net {}: a {len}-byte frame did not fit a receive buffer; dropped",
-                    self.tap.name
+                crate::guest_log!(
+                    log,
+                    log::Level::Debug,
+                    "a {len}-byte frame did not fit a receive buffer; dropped"
                 );
             }
             if queue.add_used(&*mem, head, written as u32).is_err() {
@@ -200,21 +215,28 @@ impl Net {
             active.notify(RX);
         }
         self.active = Some(active);
+        result
     }
 
     /// Sends every frame the guest queued for transmission.
-    fn transmit(&mut self) {
+    fn transmit(&mut self) -> Served {
         let Some(mut active) = self.active.take() else {
-            return;
+            return Ok(());
         };
         let mut sent = false;
+        let mut result = Ok(());
         loop {
             let Active { mem, queues, .. } = &mut active;
             let Some(queue) = queues.get_mut(TX) else {
                 break;
             };
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                break;
+            let chain = match pop_chain(queue, mem, TX) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             };
             let head = chain.head_index();
             let mut len = 0usize;
@@ -250,6 +272,7 @@ impl Net {
             active.notify(TX);
         }
         self.active = Some(active);
+        result
     }
 }
 
@@ -307,20 +330,20 @@ impl VirtioDevice for Net {
         vec![self.tap.file.as_raw_fd()]
     }
 
-    fn queue_event(&mut self, queue: usize, ops: &mut EventOps) {
+    fn queue_event(&mut self, queue: usize, ops: &mut EventOps) -> Served {
         match queue {
             RX => {
                 // New receive buffers: deliver what waited, and read the TAP again.
                 self.listen(true, ops);
-                self.receive(ops);
+                self.receive(ops)
             }
             TX => self.transmit(),
-            _ => {}
+            _ => Ok(()),
         }
     }
 
-    fn host_event(&mut self, _events: Events, ops: &mut EventOps) {
-        self.receive(ops);
+    fn host_event(&mut self, _events: Events, ops: &mut EventOps) -> Served {
+        self.receive(ops)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod request;
 
 use std::fs::File;
+use std::io::Seek;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -15,7 +16,7 @@ use event_manager::EventOps;
 use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{Active, VirtioDevice, read_config_bytes};
+use super::{Active, Served, VirtioDevice, pop_chain, read_config_bytes};
 use request::{Kind, Request, parse};
 
 /// virtio_ids: block device.
@@ -38,7 +39,7 @@ const CHUNK: usize = 64 << 10;
 
 /// Errors opening the backing file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open disk {path}: {source}")]
+#[error("cannot open {path} as a disk ({source})")]
 pub struct BlockError {
     path: String,
     source: std::io::Error,
@@ -58,21 +59,17 @@ pub struct Block {
 impl Block {
     /// A disk backed by `path`, writable unless `read_only`, whose serial number is `id`.
     pub fn open(id: &str, path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let file = std::fs::OpenOptions::new()
+        let err = |source| BlockError {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let len = file
-            .metadata()
-            .map_err(|source| BlockError {
-                path: path.display().to_string(),
-                source,
-            })?
-            .len();
+            .map_err(err)?;
+        // The end's offset is the size of a block device too (its metadata says 0).
+        let len = file.seek(std::io::SeekFrom::End(0)).map_err(err)?;
         if !len.is_multiple_of(SECTOR) {
             log::warn!(
                 "disk {}: {len} bytes is not a whole number of 512-byte sectors; the last {} bytes are left out",
@@ -188,17 +185,26 @@ impl Block {
     }
 
     /// Serves every request the driver has made available.
-    fn process_queue(&mut self) {
+    fn process_queue(&mut self) -> Served {
         let Some(mut active) = self.active.take() else {
-            return;
+            return Ok(());
         };
+        let result = self.serve(&mut active);
+        active.notify(0);
+        self.active = Some(active);
+        result
+    }
+
+    fn serve(&mut self, active: &mut Active) -> Served {
         loop {
-            let Active { mem, queues, .. } = &mut active;
+            let Active {
+                mem, queues, log, ..
+            } = &mut *active;
             let Some(queue) = queues.get_mut(0) else {
-                break;
+                return Ok(());
             };
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                break;
+            let Some(chain) = pop_chain(queue, mem, 0)? else {
+                return Ok(());
             };
             let head = chain.head_index();
             let used = match parse(chain, &*mem) {
@@ -211,17 +217,15 @@ impl Block {
                 }
                 Err(e) => {
                     // Not a request: hand the descriptors back untouched.
-                    log::debug!("virtio-blk {}: {e}", self.id);
+                    crate::guest_log!(log, log::Level::Debug, "{e}");
                     0
                 }
             };
             if let Err(e) = queue.add_used(&*mem, head, used) {
-                log::debug!("virtio-blk {}: cannot return a request: {e}", self.id);
-                break;
+                crate::guest_log!(log, log::Level::Debug, "cannot return a request: {e}");
+                return Ok(());
             }
         }
-        active.notify(0);
-        self.active = Some(active);
     }
 }
 
@@ -250,8 +254,8 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 
-    fn queue_event(&mut self, _queue: usize, _ops: &mut EventOps) {
-        self.process_queue();
+    fn queue_event(&mut self, _queue: usize, _ops: &mut EventOps) -> Served {
+        self.process_queue()
     }
 }
 

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use event_manager::{EventOps, Events};
 use virtio_queue::QueueT;
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{Active, VirtioDevice, read_config_bytes};
+use super::{Active, Served, VirtioDevice, pop_chain, read_config_bytes};
 use conn::{CONN_BUF_ALLOC, Conn, State};
 
 /// virtio_ids: socket device.
@@ -66,7 +66,7 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 
 /// Errors setting the device up.
 #[derive(Debug, thiserror::Error)]
-#[error("--vsock uds={path}: cannot listen there ({source}): pick a path in a writable folder")]
+#[error("cannot listen at {path} ({source}): pick a path in a writable folder")]
 pub struct VsockError {
     path: String,
     source: std::io::Error,
@@ -302,10 +302,12 @@ impl Vsock {
     // ---- guest receive queue ----------------------------------------------------------
 
     /// Fills the guest's receive buffers: control packets first, then data, stream by stream.
-    fn deliver(&mut self, ops: &mut EventOps) {
+    fn deliver(&mut self, ops: &mut EventOps) -> Served {
         let Some(mut active) = self.active.take() else {
-            return;
+            return Ok(());
         };
+        let log = active.log.clone();
+        let mut result = Ok(());
         let mut delivered = false;
         self.rx_starved = false;
         // Each stream is visited once per round, so one busy stream cannot starve the others.
@@ -353,15 +355,24 @@ impl Vsock {
             let Some(queue) = queues.get_mut(RXQ) else {
                 break;
             };
-            let Some(mut chain) = queue.pop_descriptor_chain(&*mem) else {
-                self.rx_starved = true;
-                break;
+            let mut chain = match pop_chain(queue, mem, RXQ) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    self.rx_starved = true;
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             };
             if from_control {
                 self.control.pop_front();
             }
-            log::debug!(
-                "vsock: to the guest op {} flags {:#x} host port {} guest port {}",
+            crate::guest_log!(
+                log,
+                log::Level::Debug,
+                "to the guest op {} flags {:#x} host port {} guest port {}",
                 pkt.op,
                 pkt.flags,
                 pkt.host_port,
@@ -371,7 +382,7 @@ impl Vsock {
             let used = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut p) => self.write_packet(&mut p, pkt),
                 Err(e) => {
-                    log::debug!("vsock: unusable receive buffer: {e}");
+                    crate::guest_log!(log, log::Level::Debug, "unusable receive buffer: {e}");
                     0
                 }
             };
@@ -385,6 +396,7 @@ impl Vsock {
         }
         self.active = Some(active);
         self.rewatch(ops);
+        result
     }
 
     /// Fills a receive packet; returns the bytes written (header and data).
@@ -427,23 +439,37 @@ impl Vsock {
     // ---- guest transmit queue ---------------------------------------------------------
 
     /// Takes the guest's packets, until ember's own replies would pile up.
-    fn take_from_guest(&mut self, ops: &mut EventOps) {
+    fn take_from_guest(&mut self, ops: &mut EventOps) -> Served {
         let Some(mut active) = self.active.take() else {
-            return;
+            return Ok(());
         };
         let mut taken = false;
+        let mut result = Ok(());
         while self.control.len() < MAX_CONTROL {
-            let Active { mem, queues, .. } = &mut active;
+            let Active {
+                mem, queues, log, ..
+            } = &mut active;
             let Some(queue) = queues.get_mut(TXQ) else {
                 break;
             };
-            let Some(mut chain) = queue.pop_descriptor_chain(&*mem) else {
-                break;
+            let mut chain = match pop_chain(queue, mem, TXQ) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
-                Ok(p) => self.handle_guest_packet(&p, mem, ops),
-                Err(e) => log::debug!("vsock: unusable packet from the guest: {e}"),
+                Ok(p) => self.handle_guest_packet(&p, log, ops),
+                Err(e) => {
+                    crate::guest_log!(
+                        log,
+                        log::Level::Debug,
+                        "unusable packet from the guest: {e}"
+                    )
+                }
             }
             if queue.add_used(&*mem, head, 0).is_err() {
                 break;
@@ -454,17 +480,20 @@ impl Vsock {
             active.notify(TXQ);
         }
         self.active = Some(active);
+        result
     }
 
     fn handle_guest_packet<B: vm_memory::bitmap::BitmapSlice>(
         &mut self,
         p: &VsockPacket<'_, B>,
-        _mem: &GuestMemoryMmap,
+        log: &crate::guest_log::LogLimit,
         ops: &mut EventOps,
     ) {
         let key = (p.dst_port(), p.src_port());
-        log::debug!(
-            "vsock: guest op {} flags {:#x} len {} host port {} guest port {}",
+        crate::guest_log!(
+            log,
+            log::Level::Debug,
+            "guest op {} flags {:#x} len {} host port {} guest port {}",
             p.op(),
             p.flags(),
             p.len(),
@@ -652,25 +681,26 @@ impl VirtioDevice for Vsock {
         vec![self.listener.as_raw_fd()]
     }
 
-    fn queue_event(&mut self, queue: usize, ops: &mut EventOps) {
+    fn queue_event(&mut self, queue: usize, ops: &mut EventOps) -> Served {
         match queue {
             RXQ => self.rx_starved = false,
-            TXQ => self.take_from_guest(ops),
+            TXQ => self.take_from_guest(ops)?,
             _ => {} // the event queue: ember sends no transport events
         }
-        self.deliver(ops);
+        self.deliver(ops)?;
         // Replies to the guest may have made room for more of its packets.
         if queue == RXQ {
-            self.take_from_guest(ops);
-            self.deliver(ops);
+            self.take_from_guest(ops)?;
+            self.deliver(ops)?;
         }
+        Ok(())
     }
 
-    fn host_event(&mut self, events: Events, ops: &mut EventOps) {
+    fn host_event(&mut self, events: Events, ops: &mut EventOps) -> Served {
         let fd = events.fd();
         if fd == self.listener.as_raw_fd() {
             self.accept(ops);
-            return;
+            return Ok(());
         }
         if let Some(i) = self.pending.iter().position(|p| p.stream.as_raw_fd() == fd) {
             self.read_connect_line(i, ops);
@@ -691,9 +721,9 @@ impl VirtioDevice for Vsock {
         } else {
             // Not ours any more (a stream just dropped): make sure the loop forgets it.
             let _ = ops.remove(Events::empty_raw(fd));
-            return;
+            return Ok(());
         }
-        self.deliver(ops);
+        self.deliver(ops)
     }
 }
 
