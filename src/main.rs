@@ -66,9 +66,12 @@ fn main() -> ExitCode {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or_default();
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            cli::stderr::write(
-                format!("ember: {}; see ember --help\n", config::one_line(first)).as_bytes(),
-            );
+            let first = match e.kind() {
+                // clap's message names no argument: say which one.
+                clap::error::ErrorKind::InvalidUtf8 => not_utf8(std::env::args_os()),
+                _ => config::one_line(first),
+            };
+            cli::stderr::write(format!("ember: {first}; see ember --help\n").as_bytes());
             cli::stderr::flush();
             return ExitCode::from(exit_code::BAD_INPUT);
         }
@@ -93,4 +96,38 @@ fn main() -> ExitCode {
     };
     cli::stderr::flush();
     ExitCode::from(code)
+}
+
+/// Names the first argument that is not UTF-8, and the flag it follows.
+fn not_utf8(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    let args: Vec<_> = args.collect();
+    let Some(i) = args.iter().position(|a| a.to_str().is_none()) else {
+        return "an argument is not valid UTF-8: pass text".into();
+    };
+    let shown = config::one_line(&args[i].to_string_lossy());
+    let after = i
+        .checked_sub(1)
+        .and_then(|p| args[p].to_str())
+        .filter(|p| p.starts_with('-'))
+        .map(|p| format!(" (the value of {p})"))
+        .unwrap_or_default();
+    format!(
+        "argument {i}{after} is not valid UTF-8 (here with the bad bytes replaced: {shown:?}): pass text"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn a_non_utf8_argument_is_named_with_its_flag() {
+        let args = ["ember", "run", "--cmdline"]
+            .map(OsString::from)
+            .into_iter()
+            .chain([OsString::from_vec(b"a\xffb".to_vec())]);
+        let m = super::not_utf8(args);
+        assert!(m.starts_with("argument 3 (the value of --cmdline) is not valid UTF-8"), "{m}");
+    }
 }

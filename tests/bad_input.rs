@@ -480,3 +480,255 @@ fn bad_config_files() {
         );
     }
 }
+
+/// A FIFO at `path`.
+fn fifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a live NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn inputs_are_checked_before_they_are_read() {
+    let tiny = tiny();
+    let fifo_cfg = scratch("placeholder-a", b"").with_file_name("vm.fifo");
+    fifo(&fifo_cfg);
+    let big = scratch("big.json", b"");
+    std::fs::File::create(&big).unwrap().set_len(64 << 20).unwrap();
+    // A config that is a device, a FIFO or a disk image: refused at once, nothing read.
+    for (file, needle) in [
+        ("/dev/zero", "a character device, not a regular file"),
+        ("/dev/urandom", "a character device, not a regular file"),
+        (fifo_cfg.to_str().unwrap(), "a FIFO, not a regular file"),
+        (big.to_str().unwrap(), "more than a configuration file may be"),
+    ] {
+        expect_error(
+            &["run", "--kernel", &tiny, "--config", file],
+            BAD_INPUT,
+            &[&format!("--config {file}: "), needle],
+        );
+    }
+    // Disks that are not disks.
+    let empty = scratch("empty.img", b"");
+    let fifo_disk = fifo_cfg.with_file_name("disk.fifo");
+    fifo(&fifo_disk);
+    for (disk, needle) in [
+        ("/dev/null".to_string(), "a character device, not a disk image"),
+        ("/dev/zero".to_string(), "a character device, not a disk image"),
+        (fifo_disk.display().to_string(), "a FIFO, not a disk image"),
+        ("/proc/self/mem".to_string(), "at least one 512-byte sector"),
+        (empty.display().to_string(), "0 bytes: a disk needs at least one"),
+    ] {
+        for flag in ["--disk", "--rootfs"] {
+            expect_error(
+                &["run", "--kernel", &tiny, "--no-initrd", flag, &disk],
+                BAD_INPUT,
+                &[&format!("{flag} {disk}: "), needle],
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_input_as_the_user_gave_it() {
+    let tiny = tiny();
+    let disk = scratch("named.img", &[0u8; 4096]);
+    let disk = disk.to_str().unwrap();
+    let json = |body: &str| {
+        let p = scratch(
+            &format!("named-{:x}.json", body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()),
+            body.replace("KERNEL", &tiny).replace("DISK", disk).as_bytes(),
+        );
+        p.to_str().unwrap().to_string()
+    };
+    for (body, needles) in [
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#,
+            vec![": machine-config.vcpu_count: 0: ", "use 1 or more"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#,
+            vec![": machine-config.mem_size_mib: 1: "],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": ""}}"#,
+            vec![": boot-source.kernel_image_path: \"\": empty"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "drives": [{"drive_id": "a", "path_on_host": "", "is_root_device": false}]}"#,
+            vec![": drives[0].path_on_host: \"\": empty"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "network-interfaces": [{"iface_id": "e", "host_dev_name": "t", "guest_mac": "01:00:00:00:00:01"}]}"#,
+            vec![": network-interfaces[0].guest_mac: ", "multicast"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "network-interfaces": [{"iface_id": "e", "host_dev_name": "seventeen-chars-x"}]}"#,
+            vec![": network-interfaces[0].host_dev_name: ", "1 to 15 characters"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "vsock": {"guest_cid": 2, "uds_path": "/tmp/ember-named.sock"}}"#,
+            vec![": vsock.guest_cid: 2: ", "reserved"],
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "drives": [{"drive_id": "r", "path_on_host": "DISK", "is_root_device": true, "rate_limiter": {"ops": {"size": 5, "refill_time": 10}}}]}"#,
+            vec![": drives[0].rate_limiter: ", "not supported by ember", "no I/O rate limiter"],
+        ),
+    ] {
+        let file = json(body);
+        let mut n = vec![file.as_str()];
+        n.extend(needles.iter());
+        expect_error(&["run", "--config", &file], BAD_INPUT, &n);
+        assert!(!file.is_empty());
+    }
+    // The same values from flags name the flags.
+    for (args, needles) in [
+        (vec!["--rootfs", "nope.img"], vec!["--rootfs nope.img: no such file"]),
+        (vec!["--vcpus", "0"], vec!["--vcpus 0: "]),
+        (vec!["--net", "tap=a,tap=b"], vec!["--net tap=a,tap=b: ", "given twice"]),
+        (
+            vec!["--vsock", "cid=3,cid=4,uds=/tmp/x"],
+            vec!["--vsock cid=3,cid=4,uds=/tmp/x: ", "given twice"],
+        ),
+        (
+            vec!["--disk", &format!("{disk},ro,ro")],
+            vec!["--disk ", "given twice"],
+        ),
+        (
+            vec!["--vsock", "cid=4294967296,uds=/tmp/x"],
+            vec!["out of range"],
+        ),
+        (
+            vec!["--vsock", "cid=4294967295,uds=/tmp/ember-any.sock"],
+            vec!["VMADDR_CID_ANY"],
+        ),
+        (
+            vec!["--net", "tap=t0,mac=00:00:00:00:00:00"],
+            vec!["null address"],
+        ),
+        (
+            vec!["--disk", &format!("{disk},id=0123456789abcdefghijA"), "--disk", &format!("{disk}x,id=0123456789abcdefghijB")],
+            vec!["first 20 bytes"],
+        ),
+    ] {
+        let mut a = vec!["run", "--kernel", tiny.as_str(), "--no-initrd"];
+        a.extend(args);
+        expect_error(&a, BAD_INPUT, &needles);
+    }
+    // An argument that is not UTF-8 is named.
+    use std::os::unix::ffi::OsStrExt;
+    let o = ember()
+        .args(["run", "--cmdline"])
+        .arg(std::ffi::OsStr::from_bytes(b"\xff"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
+    assert!(err.contains("(the value of --cmdline) is not valid UTF-8"), "{err}");
+}
+
+#[test]
+fn disks_on_read_only_mounts_and_symlink_loops_say_why() {
+    let test = "disks_on_read_only_mounts_and_symlink_loops_say_why";
+    let tiny = tiny();
+    let dir = scratch("placeholder-b", b"");
+    let dir = dir.parent().unwrap();
+    let a = dir.join("a.img");
+    let b = dir.join("b.img");
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    expect_error(
+        &["run", "--kernel", &tiny, "--no-initrd", "--disk", a.to_str().unwrap()],
+        BAD_INPUT,
+        &["a loop of symbolic links"],
+    );
+    // A read-only file system: a tmpfs mounted read-only in a mount namespace of its own.
+    let ember_bin = env!("CARGO_BIN_EXE_ember");
+    let script = format!(
+        "set -e; d=$(mktemp -d); mount -t tmpfs tmpfs $d; head -c 4096 /dev/zero > $d/r.img; \
+         mount -o remount,ro $d; exec {ember_bin} run --kernel {tiny} --no-initrd --disk $d/r.img"
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output();
+    let Ok(o) = o else {
+        skip(test, "needs unshare (util-linux)");
+        return;
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("unshare failed") || err.contains("Operation not permitted") {
+        skip(test, "needs root for a mount namespace");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
+    assert!(
+        err.contains("on a read-only file system") && err.contains("add ,ro"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tun_device_is_not_taken_for_a_broken_tap() {
+    let test = "a_tun_device_is_not_taken_for_a_broken_tap";
+    let ns = format!("ember-tun{}", std::process::id());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ip(&["netns", "add", &ns]) {
+        skip(test, "needs root and iproute2 for a network namespace");
+        return;
+    }
+    struct DropNs(String);
+    impl Drop for DropNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _cleanup = DropNs(ns.clone());
+    assert!(ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "tun0", "mode", "tun"]));
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_ember"), "run", "--kernel"])
+        .arg(guest("hello64"))
+        .args(["--no-initrd", "--net", "tap=tun0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
+    assert!(
+        err.contains("--net tap=tun0: ") && err.contains("a TUN device") && err.contains("mode tap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn console_output_stdout_cannot_take_is_said_once_and_counted() {
+    // /dev/full refuses every write: the guest's line is dropped, said once, counted at exit.
+    let o = ember()
+        .args(["run", "--kernel"])
+        .arg(guest("flood"))
+        .args(["--no-initrd"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::options().write(true).open("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        err.matches("stdout cannot take the guest's console output").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("bytes of the guest's console output were dropped"),
+        "{err}"
+    );
+}
