@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this host for `ember bench`'s container baselines and says what it changed:
-#  - installs crun, runc, podman, docker.io, qemu-system-x86 and hyperfine from Debian;
+#  - installs crun, runc, podman, docker.io and hyperfine from Debian, and QEMU 10 from
+#    bookworm-backports (tier/install-qemu.sh: Debian 12's QEMU conflicts with this machine's
+#    qemu-utils);
 #  - on hybrid cgroup v1/v2 hosts, moves every controller listed on the cgroup2 hierarchy to a
 #    v1 mount, which crun needs ("cgroups in hybrid mode not supported"); lasts until reboot;
 #  - starts dockerd (no systemd here) on /run/ember-bench/docker/docker.sock unless one answers
@@ -12,7 +14,7 @@ say() { printf 'bench/setup-baselines.sh: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "run as root: it installs packages, mounts cgroups and starts dockerd"; exit 1; }
 
 want=()
-for p in crun runc podman docker.io qemu-system-x86 hyperfine; do
+for p in crun runc podman docker.io hyperfine; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || want+=("$p")
 done
 if [ ${#want[@]} -gt 0 ]; then
@@ -22,6 +24,7 @@ if [ ${#want[@]} -gt 0 ]; then
 else
   say "runtimes already installed"
 fi
+"$(dirname "$0")/../tier/install-qemu.sh"
 
 unified=/sys/fs/cgroup/unified/cgroup.controllers
 if [ -f "$unified" ] && [ -n "$(cat "$unified")" ]; then

@@ -72,14 +72,16 @@ fi
 
 # ---- host tools -------------------------------------------------------------------------
 need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v modinfo >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  say "installed ${need[*]}"
 fi
+"$here/install-qemu.sh"
 
 # QEMU 7.2 runs an L2 guest's XSETBV without telling L1's KVM, which then restores a
 # stale XCR0 at the guest's next VM exit: give L1 no XSAVE there.

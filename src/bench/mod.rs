@@ -278,6 +278,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         results.push(SubjectResult {
             name: s.name.clone(),
             skipped: None,
+            configuration: (!s.configuration.is_empty()).then(|| s.configuration.clone()),
+            command: s.argv.clone(),
             ratio_total_to_ember: total.zip(ember_total).map(|(t, e)| t.median_ns / e),
             ratio_to_workload_to_ember: ttw.zip(ember_ttw).map(|(t, e)| t.median_ns / e),
             to_workload: ttw,
@@ -298,6 +300,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         results.push(SubjectResult {
             name,
             skipped: Some(reason),
+            configuration: None,
+            command: Vec::new(),
             to_workload: None,
             first_output: None,
             first_kvm_run: None,

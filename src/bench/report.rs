@@ -16,6 +16,10 @@ pub struct SubjectResult {
     pub name: String,
     /// Why it was skipped, if it was.
     pub skipped: Option<String>,
+    /// How it was configured, where that was a choice (a peer's fast-boot settings).
+    pub configuration: Option<String>,
+    /// The command it ran (`{run}` stands for the run number).
+    pub command: Vec<String>,
     /// Exec to workload.
     pub to_workload: Option<Summary>,
     /// Exec to the first byte on stdout (ember's and the KVM floor's: the guest's first
@@ -153,6 +157,11 @@ impl BenchResults {
         }
         if let Some(line) = self.over_the_floor() {
             out.push_str(&line);
+        }
+        for s in &self.subjects {
+            if let (None, Some(c)) = (&s.skipped, &s.configuration) {
+                out.push_str(&format!("{} configuration: {c}\n", s.name));
+            }
         }
         out
     }
