@@ -34,7 +34,7 @@ fi
 # Everything that changes the output goes into the key: the source package, the config
 # fragment, the patches and this script.
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$tarball")
-key=$( { echo "$src_version"; cat "$here/microvm.config" "$0"; cat "$here"/patches/*.patch 2>/dev/null || true; } \
+key=$( { echo "$src_version"; cat "$here/microvm.config" "$here/ember-run.config" "$0"; cat "$here"/patches/*.patch 2>/dev/null || true; } \
   | sha256sum | cut -c1-16)
 out="$cache/kernel-6.1-$key"
 
@@ -65,9 +65,9 @@ for p in "$here"/patches/*.patch; do
   patch -p1 --quiet < "$p"
 done
 
-say "configuring: tinyconfig + kernels/microvm.config"
+say "configuring: tinyconfig + kernels/microvm.config + kernels/ember-run.config"
 make -s tinyconfig >/dev/null
-scripts/kconfig/merge_config.sh -m -O . .config "$here/microvm.config" >/dev/null
+scripts/kconfig/merge_config.sh -m -O . .config "$here/microvm.config" "$here/ember-run.config" >/dev/null
 make -s olddefconfig >/dev/null
 # merge_config quietly drops options whose dependencies are missing: refuse to build those.
 missing=0
@@ -77,8 +77,8 @@ while IFS= read -r line; do
     say "config option did not stick: $line"
     missing=1
   fi
-done < "$here/microvm.config"
-[ "$missing" -eq 0 ] || { say "fix kernels/microvm.config"; exit 1; }
+done < <(cat "$here/microvm.config" "$here/ember-run.config")
+[ "$missing" -eq 0 ] || { say "fix kernels/microvm.config or kernels/ember-run.config"; exit 1; }
 
 say "building vmlinux and bzImage with -j$jobs (several minutes on 2 cores)"
 start=$(date +%s)

@@ -16,6 +16,8 @@ pub enum ExitReason {
     Reset,
     /// The guest asked to power off (KVM system event).
     PowerOff,
+    /// A `process` ended and everything it wrote was read: ember stops the VM itself.
+    WorkloadExited,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN, or its PVM form): a crash, not a reboot,
     /// since ember's guests reboot through the i8042 (`reboot=k`).
     TripleFault {
@@ -82,6 +84,10 @@ pub fn classify(reason: ExitReason, panic: Option<String>, status: Option<u8>) -
             VmOutcome::GuestPanic(msg)
         }
         (ExitReason::TripleFault { cpu, rip }, None) => VmOutcome::TripleFault { cpu, rip },
+        (reason @ ExitReason::WorkloadExited, _) => VmOutcome::Stopped {
+            reason,
+            status,
+        },
         (reason @ (ExitReason::Reset | ExitReason::PowerOff), None) => {
             VmOutcome::Stopped { reason, status }
         }

@@ -88,16 +88,22 @@ pub const EXEC_PATH: &str = "ember/exec";
 /// Its arguments, NUL-separated, argv[0] first.
 pub const ARGS_PATH: &str = "ember/args";
 
-/// The initramfs for a boot: the skeleton the init expects, the init itself, and optionally
-/// the program to run with its arguments.
-pub fn build(init: &[u8], exec: Option<(&[u8], &[String])>) -> Vec<u8> {
-    let mut cpio = CpioWriter::new();
+/// What every initramfs of ember's holds: the folders the init expects, the console node
+/// and the init itself.
+pub fn skeleton(cpio: &mut CpioWriter, init: &[u8]) {
     for dir in ["dev", "proc", "sys", "tmp", "ember"] {
         cpio.dir(dir, 0o755);
     }
     // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, init);
+}
+
+/// The initramfs for a boot: the skeleton the init expects, the init itself, and optionally
+/// the program to run with its arguments.
+pub fn build(init: &[u8], exec: Option<(&[u8], &[String])>) -> Vec<u8> {
+    let mut cpio = CpioWriter::new();
+    skeleton(&mut cpio, init);
     if let Some((program, args)) = exec {
         cpio.file(EXEC_PATH, 0o755, program);
         let mut joined = Vec::new();

@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod command;
 pub mod config;
 pub mod devices;
 pub mod exit;

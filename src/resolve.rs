@@ -70,6 +70,8 @@ pub struct ResolvedVm {
     pub linux_on_pvm: bool,
     /// The `--exec` program, whose status becomes ember's.
     pub exec: Option<PathBuf>,
+    /// A `process`'s program as the guest finds it, whose status becomes ember's.
+    pub program: Option<PathBuf>,
     /// The virtio devices, each with its window and interrupt line (and its entry already on
     /// `cmdline`).
     pub devices: Vec<PlacedDevice>,
@@ -122,7 +124,8 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
     let kernel = open_kernel(config, &config.kernel()?)?;
     let linux_on_pvm = host == HostFlavour::Pvm && kernel.is_linux;
     let sources = &config.sources;
-    let choice = config.boot_source.initrd()?;
+    let choice = config.initrd_choice()?;
+    let mut program = None;
     let initrd = match &choice {
         // The built-in initramfs is a Linux userspace: a kernel that is not Linux (a tiny
         // test guest, a unikernel) would only have it copied into its memory for nothing.
@@ -157,12 +160,33 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
                 bytes: initramfs::build(crate::GUEST_INIT, Some((&bytes, &argv))),
             })
         }
+        InitrdChoice::Process => {
+            // Checked by validation: a process has a configuration section.
+            let process = config.process.as_ref().ok_or(ConfigError::ProcessConflict)?;
+            let plan = crate::command::plan(config, process, &kernel, crate::GUEST_INIT)?;
+            program = Some(plan.program.clone());
+            Some(InitrdImage {
+                name: format!("initramfs for {}", plan.program.display()),
+                bytes: plan.initramfs,
+            })
+        }
     };
 
+    // A process's kernel is quiet unless its log is asked for: the log is not the program's
+    // output, and every console byte is a VM exit.
+    let quiet = config.process.as_ref().is_some_and(|p| !p.kernel_log);
     let text = match &config.boot_source.boot_args {
         Some(c) => c.clone(),
-        None if linux_on_pvm => format!("{DEFAULT_CMDLINE} {PVM_CMDLINE_EXTRA}"),
-        None => DEFAULT_CMDLINE.to_string(),
+        None => {
+            let mut t = DEFAULT_CMDLINE.to_string();
+            if linux_on_pvm {
+                t = format!("{t} {PVM_CMDLINE_EXTRA}");
+            }
+            if quiet {
+                t.push_str(" quiet");
+            }
+            t
+        }
     };
     let cmdline_err = |error| ResolveError::Cmdline {
         input: match config.boot_source.boot_args {
@@ -200,7 +224,22 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
                 .cloned()
                 .map(DeviceSpec::Net),
         )
-        .chain(config.vsock.iter().cloned().map(DeviceSpec::Vsock))
+        .chain(
+            (config.vsock.is_some() || config.process.is_some()).then(|| DeviceSpec::Vsock {
+                config: config.vsock.clone(),
+                channel: config.process.is_some(),
+            }),
+        )
+        .chain(
+            config
+                .shares
+                .iter()
+                .enumerate()
+                .map(|(i, dir)| DeviceSpec::Fs {
+                    dir: dir.clone(),
+                    tag: crate::command::tag(i),
+                }),
+        )
         .collect();
     let mut devices = manager::plan(specs, &mut cmdline).map_err(|e| match e {
         ManagerError::Cmdline(error) => cmdline_err(error),
@@ -216,8 +255,12 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
             DeviceSpec::Net(n) => {
                 config.net_at(n, "host_dev_name", &format!("{:?}", n.host_dev_name))
             }
-            DeviceSpec::Vsock(v) => {
+            DeviceSpec::Vsock { config: Some(v), .. } => {
                 config.vsock_at(v, "uds_path", &config::input::path_value(&v.uds_path))
+            }
+            DeviceSpec::Vsock { config: None, .. } => "the process channel (vsock)".into(),
+            DeviceSpec::Fs { dir, .. } => {
+                config.share_at(dir, "path_on_host", &config::input::path_value(&dir.path_on_host))
             }
         };
     }
@@ -242,6 +285,7 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         timeout_is_default,
         linux_on_pvm,
         exec,
+        program,
         devices,
         names: InputNames {
             vcpus: sources.at(

@@ -12,6 +12,8 @@ use super::Failure;
 /// build consumes.
 pub struct RunFacts {
     exec: Option<std::path::PathBuf>,
+    /// A program's path in the guest, for a program run.
+    pub program: Option<std::path::PathBuf>,
     timeout_is_default: bool,
 }
 
@@ -20,6 +22,7 @@ impl RunFacts {
     pub fn of(vm: &ResolvedVm) -> Self {
         Self {
             exec: vm.exec.clone(),
+            program: vm.program.clone(),
             timeout_is_default: vm.timeout_is_default,
         }
     }
@@ -45,6 +48,14 @@ pub const NO_STATUS: u8 = 8;
 pub const TRIPLE_FAULT: u8 = 9;
 /// `--timeout` expired with the guest still running.
 pub const TIMEOUT: u8 = 10;
+/// A program run (`-- PROG`): the guest kernel lacks a driver the run needs.
+pub const MISSING_DRIVER: u8 = 11;
+/// A program run: the guest's init could not set the run up (a mount failed).
+pub const GUEST_SETUP: u8 = 12;
+/// A program run: the program cannot be run (as a shell says: not executable).
+pub const PROGRAM_NOT_EXECUTABLE: u8 = 126;
+/// A program run: the program is not found (as a shell says: command not found).
+pub const PROGRAM_NOT_FOUND: u8 = 127;
 /// Stopped by a signal: 128 + the signal number (130 SIGINT, 143 SIGTERM); the console
 /// escape Ctrl-A x counts as SIGINT.
 pub const SIGNAL_BASE: u8 = 128;

@@ -3,6 +3,7 @@
 
 pub mod exit_code;
 pub mod logger;
+pub mod process;
 pub mod run;
 pub mod stderr;
 
@@ -34,13 +35,25 @@ impl Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure::bad_input(e)
+        let code = match e {
+            // As a shell says it.
+            ConfigError::ProgramNotFound { .. } => exit_code::PROGRAM_NOT_FOUND,
+            ConfigError::ProgramNotExecutable { .. } => exit_code::PROGRAM_NOT_EXECUTABLE,
+            _ => exit_code::BAD_INPUT,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<ResolveError> for Failure {
     fn from(e: ResolveError) -> Self {
-        Failure::bad_input(e)
+        match e {
+            ResolveError::Config(c) => c.into(),
+            other => Failure::bad_input(other),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use ember::timing::report::{self, Report};
 use ember::timing::{Phase, Timeline, process_start};
 use ember::vmm::{CpuidRead, Runtime, Teardown, Vmm};
 
+use super::process::ConsoleTail;
 use super::{Failure, exit_code};
 
 /// `ember run`'s flags. Each overrides the same field of a `--config` file.
@@ -90,9 +91,13 @@ pub struct RunArgs {
     /// the exit status comes that much sooner; `inline` before ember exits.
     #[arg(long, value_name = "deferred|inline", default_value = "deferred", value_parser = parse_teardown)]
     teardown: Teardown,
-    /// Arguments for the --exec program.
-    #[arg(last = true, value_name = "ARGS")]
+    /// The program to run in the guest, from the host's files (or --root's), and its
+    /// arguments: `ember run -- make check`. With --exec, the static program's arguments.
+    #[arg(last = true, value_name = "PROG [ARGS]")]
     args: Vec<String>,
+    /// What shapes a program's VM.
+    #[command(flatten)]
+    pub process: super::process::ProcessArgs,
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -110,8 +115,9 @@ fn parse_teardown(s: &str) -> Result<Teardown, String> {
 
 impl RunArgs {
     /// The configuration these flags describe, on top of `--config` if given; each field a
-    /// flag sets is recorded, so that errors name the flag rather than the file.
-    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+    /// flag sets is recorded, so that errors name the flag rather than the file. `terminal`:
+    /// whether a program run gets a terminal.
+    pub fn to_config(&self, terminal: bool) -> Result<VmConfig, ConfigError> {
         let mut c = match &self.config {
             Some(path) => VmConfig::from_file(path)?,
             None => VmConfig::default(),
@@ -133,8 +139,13 @@ impl RunArgs {
             src.set_by("boot-source.initrd_path", "--initrd");
             src.set_by("boot-source.exec.program", "--exec");
         }
-        if !self.args.is_empty() && boot.exec.is_none() {
-            return Err(ConfigError::ArgsWithoutExec);
+        let program = !self.args.is_empty() && boot.exec.is_none();
+        if !program && let Some(flag) = self.process.first_given() {
+            return Err(ConfigError::Invalid {
+                input: flag.to_string(),
+                reason: "shapes a program's VM, but no program was given: add -- PROG [ARGS]"
+                    .into(),
+            });
         }
         if let Some(cmdline) = &self.cmdline {
             boot.boot_args = Some(cmdline.clone());
@@ -170,6 +181,9 @@ impl RunArgs {
         if let Some(t) = self.timeout {
             c.timeout = Some(t);
         }
+        if program {
+            super::process::configure(&mut c, &self.process, &self.args, terminal)?;
+        }
         Ok(c)
     }
 }
@@ -193,9 +207,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // socket and /proc files the lookup uses.
     let started = timings.is_some().then(process_start::lookup);
 
-    let config = args.to_config()?;
+    // A program gets a terminal when ember has one both ways, as `docker run -it` would.
+    // SAFETY: isatty has no preconditions.
+    let terminal = terminal::stdin_is_tty() && unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+    let config = args.to_config(terminal)?;
     let flavour = HostFlavour::detect();
-    let vm = resolve::resolve(&config, flavour).map_err(Failure::bad_input)?;
+    let vm = resolve::resolve(&config, flavour)?;
     if args.print_config {
         let mut shown = config.clone();
         shown.boot_source.kernel_image_path = Some(config.kernel()?);
@@ -215,8 +232,16 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         );
     }
 
+    // A program's run keeps the kernel's console aside: the program's output is stdout's.
+    let program = config.process.is_some();
+    let tail = ConsoleTail::new(args.process.verbose);
+    let console_out: Box<dyn Write + Send> = if program {
+        Box::new(tail.clone())
+    } else {
+        Box::new(FdWriter::stdout())
+    };
     let runtime = Runtime {
-        console_out: Box::new(FdWriter::stdout()),
+        console_out,
         console_in: Some(libc::STDIN_FILENO),
         console_in_is_tty: terminal::stdin_is_tty(),
         timeline: timeline.clone(),
@@ -228,11 +253,16 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         },
         teardown: args.teardown,
         cpuid,
+        process_io: program.then(|| super::process::io(terminal)),
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
     let vmm = Vmm::build(vm, runtime)?;
-    terminal::enter_raw_mode();
+    // Raw mode for the console, or for a program on a terminal; a program without one
+    // reads plain input, which the terminal edits and echoes as for any local program.
+    if !program || terminal {
+        terminal::enter_raw_mode();
+    }
     let run = vmm.run();
     terminal::restore();
     let run = run?;
@@ -257,7 +287,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         );
     }
     let _ = std::io::stdout().flush();
-    let code = exit_code::for_outcome(&run.outcome, &facts, flavour);
+    let code = match (&run.command, &run.outcome, &facts.program) {
+        (Some(result), ember::exit::VmOutcome::Stopped { .. }, Some(p)) => {
+            super::process::exit_for(result, run.init_failure.as_ref(), p, &tail)
+        }
+        _ => exit_code::for_outcome(&run.outcome, &facts, flavour),
+    };
     if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);
         let (cpu, peak_rss) = report::own_usage();

@@ -89,29 +89,38 @@ impl Sink {
     }
 }
 
+/// A descriptor for writing to `fd` that never blocks: a pipe, FIFO or terminal opened again
+/// through /proc/self/fd, non-blocking (a description of ember's own: whoever shares `fd`
+/// keeps its flags); `fd` itself for anything else (a file does not block; a socket cannot be
+/// opened again). Call before any seccomp filter.
+pub fn nonblocking(fd: RawFd) -> RawFd {
+    // SAFETY: `st` is plain data that fstat fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `fd` may be closed, which fstat reports.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return fd;
+    }
+    if !matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFCHR) {
+        return fd;
+    }
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else {
+        return fd;
+    };
+    // SAFETY: a NUL-terminated path; the flags make a fresh description.
+    let own = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    // A pipe whose reader is gone cannot be opened (ENXIO); `fd` then fails fast itself.
+    if own >= 0 { own } else { fd }
+}
+
 /// Sets stderr up: call once, first thing, before any thread or seccomp filter (it opens
 /// `/proc/self/fd/2`).
 pub fn init() {
-    // SAFETY: `st` is plain data that fstat fills.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; fd 2 may be closed, which fstat reports.
-    if unsafe { libc::fstat(libc::STDERR_FILENO, &mut st) } != 0 {
-        return;
-    }
-    let mut fd = libc::STDERR_FILENO;
-    if matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFCHR) {
-        // SAFETY: a constant, NUL-terminated path; the flags make a fresh description.
-        let own = unsafe {
-            libc::open(
-                c"/proc/self/fd/2".as_ptr(),
-                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        // A pipe whose reader is gone cannot be opened (ENXIO); fd 2 then fails fast itself.
-        if own >= 0 {
-            fd = own;
-        }
-    }
+    let fd = nonblocking(libc::STDERR_FILENO);
     *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(Sink {
         fd,
         pending: Vec::new(),

@@ -119,6 +119,27 @@ pub enum ConfigError {
         "boot-source: initrd_path, exec and no_initrd exclude each other: keep one (--initrd, --exec, --no-initrd)"
     )]
     InitrdConflict,
+    /// A program to run beside another way of choosing the initrd.
+    #[error(
+        "a program to run in the guest (`ember run -- PROG`, process) takes ember's own initramfs: drop --initrd, --exec and --no-initrd"
+    )]
+    ProcessConflict,
+    /// The program to run is not found where the guest will look.
+    #[error("{name}: command not found in the guest's root ({looked}): check the name, or give its path")]
+    ProgramNotFound {
+        /// The program as given.
+        name: String,
+        /// Where it was looked for.
+        looked: String,
+    },
+    /// The program to run is there but cannot be run.
+    #[error("{name}: {reason}")]
+    ProgramNotExecutable {
+        /// The program as given.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
     /// Arguments for a program that is not there.
     #[error(
         "arguments after `--` go to the --exec program, but no --exec was given: add --exec PROG"
@@ -150,6 +171,8 @@ pub enum InitrdChoice {
     },
     /// No initrd (tiny guests).
     None,
+    /// The built-in init running the configuration's `process` in its shared root.
+    Process,
 }
 
 /// A static program to run as the guest's workload (`--exec`).
@@ -182,6 +205,24 @@ pub struct BootSource {
     /// No initrd at all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_initrd: bool,
+    /// A kernel's modules tree (its package's `/lib/modules/VERSION`), for a `process` on a
+    /// kernel whose virtio-fs and vsock drivers are modules; default: the host's
+    /// `/lib/modules/RELEASE` for a bzImage of that release, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// The initrd this configuration chooses: a `process` takes the built-in init, and
+    /// excludes the other choices.
+    pub fn initrd_choice(&self) -> Result<InitrdChoice, ConfigError> {
+        let b = &self.boot_source;
+        match (&self.process, b.initrd_path.is_some() || b.exec.is_some() || b.no_initrd) {
+            (Some(_), true) => Err(ConfigError::ProcessConflict),
+            (Some(_), false) => Ok(InitrdChoice::Process),
+            (None, _) => b.initrd(),
+        }
+    }
 }
 
 impl BootSource {
@@ -320,6 +361,69 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<Value>,
 }
 
+/// A host directory the guest sees, served by ember over virtio-fs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedDir {
+    /// The directory on the host.
+    pub path_on_host: PathBuf,
+    /// Where the guest sees it: `/` for the guest's root (with `process`).
+    pub guest_path: PathBuf,
+    /// Whether the guest may change it. A read-only root gets an in-memory overlay: the guest
+    /// can write, and its writes vanish with the VM; the host's files never change.
+    #[serde(default)]
+    pub writable: bool,
+    /// Where it came from, for messages.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Who a process runs as in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// User id.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group id.
+    #[serde(default)]
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
+}
+
+/// A program to run in the guest, from its shared root (`shares`), with its output and exit
+/// status ember's own: `ember run -- CMD`. The fields follow the OCI runtime spec's `process`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// The program and its arguments; the program is looked up on `PATH` in the guest's root
+    /// unless it holds a `/`.
+    pub args: Vec<String>,
+    /// Its environment, `NAME=VALUE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Its working directory, in the guest.
+    #[serde(default = "root_dir")]
+    pub cwd: PathBuf,
+    /// Who it runs as.
+    #[serde(default)]
+    pub user: User,
+    /// Whether it gets a terminal (a pty in the guest), as for an interactive shell;
+    /// otherwise its stdin, stdout and stderr stay apart.
+    #[serde(default)]
+    pub terminal: bool,
+    /// Whether the guest kernel's log shows (otherwise the kernel is `quiet`, and its log is
+    /// kept to explain a boot that never reaches the program).
+    #[serde(default)]
+    pub kernel_log: bool,
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from("/")
+}
+
 /// A vsock device (Firecracker's `vsock`, with its host-side convention: a host process
 /// connects to `uds_path` and sends `CONNECT <port>\n`; a guest connection to port P reaches
 /// the listener at `<uds_path>_P`).
@@ -362,6 +466,12 @@ pub struct VmConfig {
     /// The vsock device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    /// Host directories the guest sees (virtio-fs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SharedDir>,
+    /// A program to run in the guest's shared root instead of the greeting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
     /// Stop the guest if it still runs after this long (`"90s"`, `"5m"`; `"0"`: never).
     /// Default: none, except for a Linux guest on a PVM host ([`PVM_LINUX_TIMEOUT`]).
     #[serde(
@@ -515,6 +625,13 @@ impl VmConfig {
         let index = config_index(&self.network_interfaces, n, |x| &x.origin);
         self.sources
             .device_at(&n.origin, "network-interfaces", index, field, value)
+    }
+
+    /// A share's field as the user gave it.
+    pub fn share_at(&self, d: &SharedDir, field: &str, value: &dyn std::fmt::Display) -> String {
+        let index = config_index(&self.shares, d, |x| &x.origin);
+        self.sources
+            .device_at(&d.origin, "shares", index, field, value)
     }
 
     /// The vsock device's field as the user gave it.

@@ -157,6 +157,103 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             self.validate_vsock(v)?;
         }
+        self.validate_shares()?;
+        if let Some(p) = &self.process {
+            self.validate_process(p)?;
+        }
+        Ok(())
+    }
+
+    fn validate_shares(&self) -> Result<(), ConfigError> {
+        if self.shares.len() > MAX_DEVICES_PER_KIND {
+            return Err(invalid(
+                self.sources.name("shares"),
+                format!(
+                    "{} shared directories, more than ember offers ({MAX_DEVICES_PER_KIND}): use fewer",
+                    self.shares.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, d) in self.shares.iter().enumerate() {
+            let host = self.share_at(d, "path_on_host", &path_value(&d.path_on_host));
+            match std::fs::metadata(&d.path_on_host) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => {
+                    return Err(invalid(
+                        host,
+                        format!("{}, not a directory: pass a directory", kind_of(&m)),
+                    ));
+                }
+                Err(e) => return Err(invalid(host, open_failure(&e, false, ""))),
+            }
+            let guest = self.share_at(d, "guest_path", &path_value(&d.guest_path));
+            let normal = d.guest_path.is_absolute()
+                && d.guest_path.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !normal {
+                return Err(invalid(
+                    guest,
+                    "not an absolute path without . or ..: give where the guest sees it, from /",
+                ));
+            }
+            if !seen.insert(d.guest_path.clone()) {
+                return Err(invalid(guest, "two shares at the same place in the guest: move one"));
+            }
+            if self.process.is_some() && i == 0 && d.guest_path != Path::new("/") {
+                return Err(invalid(
+                    guest,
+                    "the first share is the guest's root when a program runs: its guest_path must be /",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_process(&self, p: &super::Process) -> Result<(), ConfigError> {
+        let field = |f: &str, v: &dyn std::fmt::Display| self.sources.field_at(f, v);
+        if self.shares.is_empty() {
+            return Err(invalid(
+                self.sources.name("process"),
+                "a program needs a root to run in: add a share at guest_path /",
+            ));
+        }
+        let Some(program) = p.args.first() else {
+            return Err(invalid(
+                field("process.args", &"[]"),
+                "no program: give at least the program's name",
+            ));
+        };
+        if program.is_empty() {
+            return Err(invalid(
+                field("process.args[0]", &"\"\""),
+                "the program's name is empty",
+            ));
+        }
+        if let Some(a) = p.args.iter().find(|a| a.contains('\0')) {
+            return Err(invalid(
+                field("process.args", &format!("{a:?}")),
+                "an argument holds a NUL byte, which no program can be given: remove it",
+            ));
+        }
+        for e in &p.env {
+            if e.contains('\0') || !e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+                return Err(invalid(
+                    field("process.env", &format!("{e:?}")),
+                    "not NAME=VALUE (without NUL bytes)",
+                ));
+            }
+        }
+        if !p.cwd.is_absolute() {
+            return Err(invalid(
+                field("process.cwd", &path_value(&p.cwd)),
+                "not an absolute path: give the guest's working directory from /",
+            ));
+        }
         Ok(())
     }
 
@@ -238,7 +335,7 @@ impl VmConfig {
                 ));
             }
         }
-        match b.initrd()? {
+        match self.initrd_choice()? {
             InitrdChoice::File(p) => {
                 let input = self.sources.at("boot-source.initrd_path", &path_value(&p));
                 open_input_file(input, &p)?;
@@ -250,7 +347,7 @@ impl VmConfig {
                     .at("boot-source.exec.program", &path_value(&program));
                 open_input_file(input, &program)?;
             }
-            InitrdChoice::BuiltIn | InitrdChoice::None => {}
+            InitrdChoice::BuiltIn | InitrdChoice::None | InitrdChoice::Process => {}
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use super::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
 use super::virtio::{Interrupt, VirtioDevice};
 use crate::arch::x86_64::acpi::AcpiDevice;
 use crate::arch::x86_64::layout;
-use crate::config::{Drive, NetworkInterface, Vsock};
+use crate::config::{Drive, NetworkInterface, SharedDir, Vsock};
 use crate::guest_log::GuestLogs;
 
 /// Errors placing or registering a device.
@@ -57,8 +57,21 @@ pub enum DeviceSpec {
     Block(Drive),
     /// A virtio network device.
     Net(NetworkInterface),
-    /// The virtio vsock device.
-    Vsock(Vsock),
+    /// The virtio vsock device: the configuration's (Firecracker's host convention), and or
+    /// ember's own channel to a `process`'s init.
+    Vsock {
+        /// The configured device, if any.
+        config: Option<Vsock>,
+        /// Whether ember's channel rides on it.
+        channel: bool,
+    },
+    /// A virtio-fs device serving a host directory.
+    Fs {
+        /// The directory.
+        dir: SharedDir,
+        /// The tag the guest mounts it by.
+        tag: String,
+    },
 }
 
 impl DeviceSpec {
@@ -67,7 +80,8 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Block(d) => format!("virtio-blk {}", d.drive_id),
             DeviceSpec::Net(n) => format!("virtio-net {}", n.iface_id),
-            DeviceSpec::Vsock(_) => "virtio-vsock".into(),
+            DeviceSpec::Vsock { .. } => "virtio-vsock".into(),
+            DeviceSpec::Fs { tag, .. } => format!("virtio-fs {tag}"),
         }
     }
 }

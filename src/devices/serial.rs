@@ -22,6 +22,9 @@ pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 /// The line Linux prints when it panics; what follows it is the reason.
 const PANIC_MARKER: &str = "Kernel panic - not syncing: ";
+/// The line ember's init prints when it cannot get a `process` going: the kind in
+/// parentheses, then the reason (guest/init; also sent over the channel when it is up).
+const INIT_FAILED_MARKER: &str = "ember-init: failed (";
 /// Longest console line the panic watcher keeps (the rest of a longer line is dropped).
 const LINE_MAX: usize = 512;
 
@@ -91,6 +94,8 @@ pub struct ConsoleWatch {
     pub dropped: u64,
     /// Why the first of them was dropped.
     pub drop_reason: Option<String>,
+    /// What ember's init said it could not do, first time: (kind, reason).
+    pub init_failure: Option<(String, String)>,
     line: Vec<u8>,
 }
 
@@ -98,12 +103,18 @@ impl ConsoleWatch {
     /// Feeds one output byte.
     pub fn feed(&mut self, byte: u8) {
         if byte == b'\n' {
-            if self.panic.is_none() {
-                let line = String::from_utf8_lossy(&self.line);
-                if let Some(pos) = line.find(PANIC_MARKER) {
-                    let reason = line[pos + PANIC_MARKER.len()..].trim_end();
-                    self.panic = Some(reason.to_string());
-                }
+            let line = String::from_utf8_lossy(&self.line);
+            if self.panic.is_none()
+                && let Some(pos) = line.find(PANIC_MARKER)
+            {
+                let reason = line[pos + PANIC_MARKER.len()..].trim_end();
+                self.panic = Some(reason.to_string());
+            }
+            if self.init_failure.is_none()
+                && let Some(rest) = line.trim_end().strip_prefix(INIT_FAILED_MARKER)
+                && let Some((kind, reason)) = rest.split_once("): ")
+            {
+                self.init_failure = Some((kind.to_string(), reason.to_string()));
             }
             self.line.clear();
         } else if self.line.len() < LINE_MAX {

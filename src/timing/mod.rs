@@ -32,6 +32,8 @@ pub enum Phase {
     FirstConsoleByte,
     /// The guest init wrote the boot timer (userspace reached).
     UserspaceReached,
+    /// A `process` started in the guest (its init said so over the channel).
+    WorkloadStart,
     /// The guest init reported the workload's status (the workload ended).
     WorkloadEnd,
     /// The guest (or a signal) asked the VM to stop.
@@ -44,7 +46,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 14] = [
+    pub const ALL: [Phase; 15] = [
         Phase::ProcessStart,
         Phase::ConfigParsed,
         Phase::KvmReady,
@@ -55,6 +57,7 @@ impl Phase {
         Phase::FirstKvmRun,
         Phase::FirstConsoleByte,
         Phase::UserspaceReached,
+        Phase::WorkloadStart,
         Phase::WorkloadEnd,
         Phase::ShutdownRequested,
         Phase::VmTornDown,
@@ -74,6 +77,7 @@ impl Phase {
             Phase::FirstKvmRun => "first_kvm_run",
             Phase::FirstConsoleByte => "first_console_byte",
             Phase::UserspaceReached => "userspace_reached",
+            Phase::WorkloadStart => "workload_start",
             Phase::WorkloadEnd => "workload_end",
             Phase::ShutdownRequested => "shutdown_requested",
             Phase::VmTornDown => "vm_torn_down",
@@ -85,7 +89,10 @@ impl Phase {
     pub fn is_guest_side(self) -> bool {
         matches!(
             self,
-            Phase::FirstConsoleByte | Phase::UserspaceReached | Phase::WorkloadEnd
+            Phase::FirstConsoleByte
+                | Phase::UserspaceReached
+                | Phase::WorkloadStart
+                | Phase::WorkloadEnd
         )
     }
 }

@@ -79,6 +79,49 @@ enum InputState {
     Closed,
 }
 
+/// The console escape on a terminal's input: Ctrl-A x stops the VM, Ctrl-A Ctrl-A sends one
+/// Ctrl-A (as in QEMU).
+#[derive(Debug, Default)]
+pub struct Escape {
+    enabled: bool,
+    armed: bool,
+}
+
+impl Escape {
+    /// The escape, on (a terminal) or off (every byte goes through).
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            armed: false,
+        }
+    }
+
+    /// The escape applied to `input`: the bytes for the guest, or `None` if the user asked to
+    /// stop.
+    pub fn apply(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        let mut forward = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.enabled && self.armed {
+                self.armed = false;
+                match b {
+                    b'x' | b'X' => return None,
+                    // Ctrl-A Ctrl-A sends one Ctrl-A.
+                    ESCAPE_PREFIX => forward.push(b),
+                    other => {
+                        forward.push(ESCAPE_PREFIX);
+                        forward.push(other);
+                    }
+                }
+            } else if self.enabled && b == ESCAPE_PREFIX {
+                self.armed = true;
+            } else {
+                forward.push(b);
+            }
+        }
+        Some(forward)
+    }
+}
+
 /// Console input: host stdin into the UART's receive FIFO, read only while the FIFO has room.
 pub struct ConsoleInput {
     exit: Arc<ExitSignal>,
@@ -86,8 +129,7 @@ pub struct ConsoleInput {
     fifo_drained: EventFd,
     input: Option<RawFd>,
     state: InputState,
-    escape_enabled: bool,
-    escape_armed: bool,
+    escape: Escape,
 }
 
 impl ConsoleInput {
@@ -106,34 +148,8 @@ impl ConsoleInput {
             fifo_drained,
             input,
             state: InputState::Reading,
-            escape_enabled,
-            escape_armed: false,
+            escape: Escape::new(escape_enabled),
         }
-    }
-
-    /// The escape sequence applied to `input`: the bytes for the guest, or `None` if the user
-    /// asked to stop.
-    fn unescape(&mut self, input: &[u8]) -> Option<Vec<u8>> {
-        let mut forward = Vec::with_capacity(input.len());
-        for &b in input {
-            if self.escape_enabled && self.escape_armed {
-                self.escape_armed = false;
-                match b {
-                    b'x' | b'X' => return None,
-                    // Ctrl-A Ctrl-A sends one Ctrl-A.
-                    ESCAPE_PREFIX => forward.push(b),
-                    other => {
-                        forward.push(ESCAPE_PREFIX);
-                        forward.push(other);
-                    }
-                }
-            } else if self.escape_enabled && b == ESCAPE_PREFIX {
-                self.escape_armed = true;
-            } else {
-                forward.push(b);
-            }
-        }
-        Some(forward)
     }
 
     fn read_input(&mut self, fd: RawFd, ops: &mut EventOps) {
@@ -162,7 +178,7 @@ impl ConsoleInput {
             self.state = InputState::Closed;
             return;
         };
-        let Some(forward) = self.unescape(&buf[..n]) else {
+        let Some(forward) = self.escape.apply(&buf[..n]) else {
             self.exit.request(ExitReason::Escape);
             return;
         };
@@ -230,15 +246,15 @@ mod tests {
 
     #[test]
     fn the_escape() {
-        let mut i = input(true);
-        assert_eq!(i.unescape(b"ab"), Some(b"ab".to_vec()));
-        assert_eq!(i.unescape(b"\x01\x01"), Some(vec![1]));
-        assert_eq!(i.unescape(b"\x01q"), Some(vec![1, b'q']));
+        let mut i = input(true).escape;
+        assert_eq!(i.apply(b"ab"), Some(b"ab".to_vec()));
+        assert_eq!(i.apply(b"\x01\x01"), Some(vec![1]));
+        assert_eq!(i.apply(b"\x01q"), Some(vec![1, b'q']));
         // Split across reads.
-        assert_eq!(i.unescape(b"z\x01"), Some(b"z".to_vec()));
-        assert_eq!(i.unescape(b"x"), None);
+        assert_eq!(i.apply(b"z\x01"), Some(b"z".to_vec()));
+        assert_eq!(i.apply(b"x"), None);
         // Not a terminal: every byte goes through.
-        let mut i = input(false);
-        assert_eq!(i.unescape(b"\x01x"), Some(b"\x01x".to_vec()));
+        let mut i = input(false).escape;
+        assert_eq!(i.apply(b"\x01x"), Some(b"\x01x".to_vec()));
     }
 }

@@ -9,6 +9,7 @@ pub use teardown::Teardown;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,7 +32,12 @@ use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
 };
+use crate::command::{
+    self,
+    session::{CommandResult, ProcessIo, Session},
+};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, Share};
 use crate::devices::virtio::net::{Net, NetError, Tap, default_mac};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 pub use crate::exit::VmOutcome;
@@ -220,6 +226,9 @@ pub struct Runtime {
     /// KVM's supported CPUID, if the caller started reading it (as `ember run` does at its
     /// start); [`Vmm::build`] starts the read itself otherwise.
     pub cpuid: Option<CpuidRead>,
+    /// Where a `process`'s stdio goes (its stdin then does not go to the console); default:
+    /// no input, this process's stdout and stderr.
+    pub process_io: Option<ProcessIo>,
 }
 
 impl Runtime {
@@ -235,6 +244,7 @@ impl Runtime {
             seccomp,
             teardown: Teardown::Inline,
             cpuid: None,
+            process_io: None,
         }
     }
 }
@@ -253,6 +263,13 @@ pub struct VmRun {
     pub suppressed_messages: Vec<(String, u64)>,
     /// Console bytes stdout could not take, and why the first was dropped.
     pub console_dropped: (u64, Option<String>),
+    /// What became of a `process`, if the VM ran one.
+    pub command: Option<CommandResult>,
+    /// What ember's init printed it could not do, if it did: (kind, reason).
+    pub init_failure: Option<(String, String)>,
+    /// Host time spent preparing the shared directories (the detached mounts, the file
+    /// servers and their threads).
+    pub share_setup: Duration,
 }
 
 /// Pauses, resumes and stops a running VM from any thread.
@@ -303,6 +320,8 @@ pub struct Vmm {
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
     guest_logs: GuestLogs,
+    session: Option<(Arc<Mutex<Session>>, Arc<Mutex<CommandResult>>)>,
+    share_setup: Duration,
     timeout: Option<Duration>,
     measure_guest_memory: bool,
     seccomp: Seccomp,
@@ -388,11 +407,17 @@ impl Vmm {
             let (serial_dev, fifo_drained) =
                 SerialDevice::new(serial_irq, out).map_err(host_err("serial eventfd"))?;
             let serial = Arc::new(Mutex::new(serial_dev));
+            // A process takes stdin for itself; the console then gets none.
+            let console_in = if vm.program.is_some() {
+                None
+            } else {
+                runtime.console_in
+            };
             events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
                 exit.clone(),
                 serial.clone(),
                 fifo_drained,
-                runtime.console_in,
+                console_in,
                 runtime.console_in_is_tty,
             ))));
             let boot_timer = Arc::new(Mutex::new(BootTimer::new(timeline.clone(), exit.clone())));
@@ -425,6 +450,8 @@ impl Vmm {
                 events: &mut events,
                 logs: &guest_logs,
             };
+            let mut session_stream = None;
+            let mut share_setup = Duration::ZERO;
             for place in &vm.devices {
                 let device = |reason: String| VmmError::Device {
                     input: place.input.clone(),
@@ -446,13 +473,66 @@ impl Vmm {
                             .map_err(|e: NetError| device(e.to_string()))?;
                         registrar.register(Net::new(tap, mac), place)?
                     }
-                    DeviceSpec::Vsock(v) => registrar.register(
-                        Vsock::new(u64::from(v.guest_cid), &v.uds_path)
-                            .map_err(|e: VsockError| device(e.to_string()))?,
-                        place,
-                    )?,
+                    DeviceSpec::Vsock { config, channel } => {
+                        let cid = config
+                            .as_ref()
+                            .map(|v| v.guest_cid)
+                            .unwrap_or(command::DEFAULT_CID);
+                        let channel = if *channel {
+                            let (ours, theirs) = UnixStream::pair()
+                                .map_err(host_err("the process channel's socket pair"))?;
+                            ours.set_nonblocking(true)
+                                .map_err(host_err("the process channel's socket pair"))?;
+                            session_stream = Some(ours);
+                            Some((command::VSOCK_PORT, theirs))
+                        } else {
+                            None
+                        };
+                        let uds = config.as_ref().map(|v| v.uds_path.as_path());
+                        registrar.register(
+                            Vsock::new(u64::from(cid), uds, channel)
+                                .map_err(|e: VsockError| device(e.to_string()))?,
+                            place,
+                        )?
+                    }
+                    DeviceSpec::Fs { dir, tag } => {
+                        let started = std::time::Instant::now();
+                        let share = Share::prepare(&dir.path_on_host, dir.writable)
+                            .map_err(|e| device(e.to_string()))?;
+                        let fs = Fs::new(
+                            tag,
+                            share,
+                            placement.as_ref(),
+                            runtime.seccomp != Seccomp::Off,
+                        )
+                        .map_err(|e| device(e.to_string()))?;
+                        share_setup += started.elapsed();
+                        registrar.register(fs, place)?
+                    }
                 }
             }
+            let session = match session_stream {
+                Some(stream) => {
+                    let io = runtime.process_io.unwrap_or(ProcessIo {
+                        stdin: None,
+                        stdout: libc::STDOUT_FILENO,
+                        stderr: libc::STDERR_FILENO,
+                        escape: false,
+                        winsize: None,
+                    });
+                    let result = Arc::new(Mutex::new(CommandResult::default()));
+                    let s = Arc::new(Mutex::new(Session::new(
+                        stream,
+                        io,
+                        result.clone(),
+                        exit.clone(),
+                        timeline.clone(),
+                    )));
+                    events.add_subscriber(s.clone());
+                    Some((s, result))
+                }
+                None => None,
+            };
 
             // Step 6: kernel, initrd, command line, MP table, ACPI tables, boot parameters.
             let kernel = boot::load_kernel(&mem, vm.mem_size, &mut vm.kernel)
@@ -504,6 +584,8 @@ impl Vmm {
                 exit,
                 console,
                 guest_logs,
+                session,
+                share_setup,
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
                 timeout: vm.timeout,
@@ -602,15 +684,24 @@ impl Vmm {
         }
         drop(launched);
         loop_result?;
+        // What the program wrote last, still on its way to stdout and stderr.
+        let command = self.session.as_ref().map(|(s, result)| {
+            lock(s).finish();
+            lock(result).clone()
+        });
 
         let guest_touched_bytes = if self.measure_guest_memory {
             memory::resident_bytes(&self.mem)
         } else {
             0
         };
-        let (panic, console_dropped) = {
+        let (panic, console_dropped, init_failure) = {
             let c = lock(&self.console);
-            (c.panic.clone(), (c.dropped, c.drop_reason.clone()))
+            (
+                c.panic.clone(),
+                (c.dropped, c.drop_reason.clone()),
+                c.init_failure.clone(),
+            )
         };
         let outcome = classify(
             self.exit.reason().unwrap_or(ExitReason::Reset),
@@ -637,6 +728,9 @@ impl Vmm {
             teardown_deferred,
             suppressed_messages: self.guest_logs.suppressed(),
             console_dropped,
+            command,
+            init_failure,
+            share_setup: self.share_setup,
         })
     }
 }

@@ -11,6 +11,8 @@
 //! Only std and a few libc calls (declared below; glibc is linked statically) so it builds
 //! offline with nothing but the toolchain.
 
+mod run;
+
 use std::ffi::CString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -252,6 +254,9 @@ fn main() {
     mount_fs("sysfs", "/sys");
     mount_fs("devtmpfs", "/dev");
     outb(BOOT_TIMER_PORT, BOOT_COMPLETE);
+    if std::path::Path::new("/ember/run").exists() {
+        run::main();
+    }
     if std::path::Path::new(EXEC_PATH).exists() {
         let status = run_exec();
         outb(STATUS_PORT, status);

@@ -208,6 +208,25 @@ pub struct KernelImage {
 }
 
 impl KernelImage {
+    /// The kernel's release (`6.1.0-57-cloud-amd64`), where the image says: a bzImage's
+    /// setup header points at its version string (boot protocol 2.00+). For an ELF, `None`.
+    pub fn release(&self) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        if self.format != KernelFormat::BzImage {
+            return None;
+        }
+        let at = *self.head.get(0x20e)? as u64 | (*self.head.get(0x20f)? as u64) << 8;
+        if at == 0 {
+            return None;
+        }
+        let mut buf = [0u8; 128];
+        let n = self.file.read_at(&mut buf, at + 0x200).ok()?;
+        let text = buf.get(..n)?;
+        let end = text.iter().position(|&b| b == 0 || b == b' ')?;
+        let release = std::str::from_utf8(&text[..end]).ok()?;
+        (!release.is_empty() && !release.contains('/')).then(|| release.to_string())
+    }
+
     /// Recognises the kernel in `file`, which messages call `name`.
     pub fn new(name: &str, mut file: File) -> Result<Self, BootError> {
         let read_err = |source| BootError::ReadKernel {

@@ -43,7 +43,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     device: D,
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
+    /// Shared with a device that waits on them itself (handed over at activation, on a vCPU
+    /// thread, whose filter has no dup).
+    queue_evts: Vec<Arc<EventFd>>,
     interrupt: Arc<Interrupt>,
     status: u32,
     device_features_sel: u32,
@@ -51,8 +53,6 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     active: bool,
-    /// The driver broke a queue: nothing is served until it resets the device.
-    broken: bool,
     log: Arc<LogLimit>,
 }
 
@@ -72,7 +72,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             device,
             mem,
             queues,
-            queue_evts,
+            queue_evts: queue_evts.into_iter().map(Arc::new).collect(),
             interrupt,
             status: 0,
             device_features_sel: 0,
@@ -80,7 +80,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             active: false,
-            broken: false,
             log,
         }
     }
@@ -128,22 +127,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// Whether the driver broke a queue and has not reset the device since.
     pub fn needs_reset(&self) -> bool {
-        self.broken
+        self.interrupt.needs_reset()
     }
 
     fn reset(&mut self) {
-        if self.active && !self.broken {
+        if self.active {
             self.device.reset();
         }
         self.active = false;
-        self.broken = false;
         self.queues = Self::fresh_queues(&self.device);
         self.status = 0;
         self.acked_features = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.queue_sel = 0;
-        self.interrupt.ack(u32::MAX);
+        self.interrupt.clear();
     }
 
     fn set_status(&mut self, value: u32) {
@@ -179,8 +177,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 log::Level::Debug,
                 "queues not ready or outside guest memory at DRIVER_OK; the device needs a reset"
             );
-            self.status |= S_NEEDS_RESET;
-            self.interrupt.raise(super::INT_CONFIG);
+            self.interrupt.set_needs_reset();
             return;
         }
         // The device gets its own copies: the transport keeps what the driver wrote, for its
@@ -196,6 +193,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt: self.interrupt.clone(),
             features: self.acked_features,
             log: self.log.clone(),
+            queue_evts: self.queue_evts.clone(),
         });
         self.active = true;
     }
@@ -212,9 +210,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             "{broken}: the device serves nothing until the driver resets it"
         );
         self.device.reset();
-        self.broken = true;
-        self.status |= S_NEEDS_RESET;
-        self.interrupt.raise(super::INT_CONFIG);
+        self.interrupt.set_needs_reset();
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -232,6 +228,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             0x34 => q.map(|q| u32::from(q.max_size())).unwrap_or(0),
             0x44 => q.map(|q| u32::from(q.ready())).unwrap_or(0),
             0x60 => self.interrupt.status(),
+            0x70 if self.interrupt.needs_reset() => self.status | S_NEEDS_RESET,
             0x70 => self.status,
             // Configuration generation: ember's configuration spaces never change under the
             // driver.
@@ -330,7 +327,7 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
         if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
             // Drained either way: a notification before the device runs is dropped.
             let _ = self.queue_evts[q].read();
-            if self.active && !self.broken {
+            if self.active && !self.interrupt.needs_reset() {
                 let served = self.device.queue_event(q, ops);
                 self.served(served);
             }
@@ -343,8 +340,9 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for e in &self.queue_evts {
-            if let Err(err) = ops.add(Events::new(e, EventSet::IN)) {
+        let own = self.device.serves_own_queues();
+        for e in self.queue_evts.iter().filter(|_| !own) {
+            if let Err(err) = ops.add(Events::new(e.as_ref(), EventSet::IN)) {
                 log::warn!("virtio: cannot watch a queue eventfd: {err:?}");
             }
         }

@@ -8,13 +8,14 @@
 //! only touch the transport's registers.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use event_manager::{EventOps, Events};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -35,6 +36,8 @@ pub const INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     irqfd: EventFd,
     status: AtomicU32,
+    /// The device met a queue it cannot serve: DEVICE_NEEDS_RESET until the driver resets it.
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -43,7 +46,28 @@ impl Interrupt {
         Self {
             irqfd,
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
         }
+    }
+
+    /// The device cannot go on until the driver resets it: the status register says
+    /// DEVICE_NEEDS_RESET, and a configuration interrupt tells the driver. Devices that serve
+    /// their queues on threads of their own say it here; the transport shows it.
+    pub fn set_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.raise(INT_CONFIG);
+        }
+    }
+
+    /// Whether the device needs a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The driver reset the device: no status, no reset needed.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// Tells the driver a used ring changed.
@@ -82,6 +106,10 @@ pub struct Active {
     pub features: u64,
     /// The budget for messages the guest can cause (`crate::guest_log`).
     pub log: Arc<LogLimit>,
+    /// The queues' notification eventfds (copies), for a device that serves its queues on a
+    /// thread of its own ([`VirtioDevice::serves_own_queues`]); others are told by
+    /// [`VirtioDevice::queue_event`].
+    pub queue_evts: Vec<Arc<EventFd>>,
 }
 
 impl Active {
@@ -148,6 +176,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, active: Active);
     /// The driver reset the device: drop the queues, back to the state before activation.
     fn reset(&mut self);
+    /// Whether the device waits on its queues' notifications itself, on a thread of its own
+    /// (from [`Active::queue_evts`]), instead of being told on the event loop.
+    fn serves_own_queues(&self) -> bool {
+        false
+    }
     /// Host fds (a TAP, sockets) the event loop should watch for the device from the start.
     fn host_fds(&self) -> Vec<RawFd> {
         Vec::new()

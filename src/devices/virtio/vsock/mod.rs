@@ -90,8 +90,10 @@ struct PendingHost {
 /// The vsock device.
 pub struct Vsock {
     cid: u64,
-    uds_path: PathBuf,
-    listener: UnixListener,
+    uds_path: Option<PathBuf>,
+    listener: Option<UnixListener>,
+    /// ember's own channel: the guest's connection to this host port gets this stream (once).
+    channel: Option<(u32, UnixStream)>,
     pending: Vec<PendingHost>,
     /// Streams by (host port, guest port).
     conns: HashMap<(u32, u32), Conn>,
@@ -104,18 +106,37 @@ pub struct Vsock {
 }
 
 impl Vsock {
-    /// A device for guest `cid`, listening for host connections at `uds_path`.
-    pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
-        let err = |source| VsockError {
-            path: uds_path.display().to_string(),
-            source,
+    /// A device for guest `cid`, listening for host connections at `uds_path` if given
+    /// (Firecracker's convention), and handing the guest's connection to host port
+    /// `channel.0` to the stream `channel.1` (ember's channel to a `process`'s init).
+    pub fn new(
+        cid: u64,
+        uds_path: Option<&Path>,
+        channel: Option<(u32, UnixStream)>,
+    ) -> Result<Self, VsockError> {
+        let listener = match uds_path {
+            Some(p) => {
+                let err = |source| VsockError {
+                    path: p.display().to_string(),
+                    source,
+                };
+                let l = UnixListener::bind(p).map_err(err)?;
+                l.set_nonblocking(true).map_err(err)?;
+                Some(l)
+            }
+            None => None,
         };
-        let listener = UnixListener::bind(uds_path).map_err(err)?;
-        listener.set_nonblocking(true).map_err(err)?;
+        if let Some((_, stream)) = &channel {
+            stream.set_nonblocking(true).map_err(|source| VsockError {
+                path: "ember's channel".into(),
+                source,
+            })?;
+        }
         Ok(Self {
             cid,
-            uds_path: uds_path.to_path_buf(),
+            uds_path: uds_path.map(Path::to_path_buf),
             listener,
+            channel,
             pending: Vec::new(),
             conns: HashMap::new(),
             control: VecDeque::new(),
@@ -191,11 +212,15 @@ impl Vsock {
     // ---- host side -------------------------------------------------------------------
 
     fn accept(&mut self, ops: &mut EventOps) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let listener = listener.as_raw_fd();
         loop {
             // SAFETY: accept4 on a listening socket we own; null address arguments are allowed.
             let fd = unsafe {
                 libc::accept4(
-                    self.listener.as_raw_fd(),
+                    listener,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -574,15 +599,22 @@ impl Vsock {
         }
     }
 
-    /// The guest connects to host port `key.0`: reach `<uds_path>_<port>`.
+    /// The guest connects to host port `key.0`: ember's channel, or `<uds_path>_<port>`.
     fn guest_connect(&mut self, key: (u32, u32), buf_alloc: u32, fwd_cnt: u32, ops: &mut EventOps) {
         if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNS {
             self.queue_control(key.0, key.1, OP_RST, 0);
             return;
         }
-        let mut path = self.uds_path.clone().into_os_string();
-        path.push(format!("_{}", key.0));
-        match connect_unix(Path::new(&path)) {
+        let stream = match (&self.channel, &self.uds_path) {
+            (Some((port, _)), _) if *port == key.0 => self.channel.take().map(|(_, s)| s),
+            (_, Some(uds)) => {
+                let mut path = uds.clone().into_os_string();
+                path.push(format!("_{}", key.0));
+                connect_unix(Path::new(&path))
+            }
+            (_, None) => None,
+        };
+        match stream {
             Some(stream) => {
                 let mut c = Conn::new(stream, key.0, key.1, State::Established, false);
                 c.update_credit(buf_alloc, fwd_cnt);
@@ -644,7 +676,9 @@ fn connect_unix(path: &Path) -> Option<UnixStream> {
 impl Drop for Vsock {
     fn drop(&mut self) {
         // The socket file is ember's: leave nothing behind for the next run to trip on.
-        let _ = std::fs::remove_file(&self.uds_path);
+        if let Some(p) = &self.uds_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -678,7 +712,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn host_fds(&self) -> Vec<RawFd> {
-        vec![self.listener.as_raw_fd()]
+        self.listener.iter().map(|l| l.as_raw_fd()).collect()
     }
 
     fn queue_event(&mut self, queue: usize, ops: &mut EventOps) -> Served {
@@ -698,7 +732,7 @@ impl VirtioDevice for Vsock {
 
     fn host_event(&mut self, events: Events, ops: &mut EventOps) -> Served {
         let fd = events.fd();
-        if fd == self.listener.as_raw_fd() {
+        if self.listener.as_ref().is_some_and(|l| l.as_raw_fd() == fd) {
             self.accept(ops);
             return Ok(());
         }
@@ -734,13 +768,13 @@ mod tests {
     #[test]
     fn the_listener_is_made_and_removed() {
         let p = std::env::temp_dir().join(format!("ember-vsock-{}", std::process::id()));
-        let v = Vsock::new(3, &p).unwrap();
+        let v = Vsock::new(3, Some(&p), None).unwrap();
         assert!(p.exists());
         let mut d = [0u8; 8];
         v.read_config(0, &mut d);
         assert_eq!(u64::from_le_bytes(d), 3);
         // A second device cannot take the same path.
-        assert!(Vsock::new(4, &p).is_err());
+        assert!(Vsock::new(4, Some(&p), None).is_err());
         drop(v);
         assert!(!p.exists());
     }
