@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fetches Debian 12's stock cloud kernel (linux-image-cloud-amd64) for the tests that boot a
-# distribution kernel: its bzImage to ~/.cache/ember/debian/vmlinuz, and the ELF vmlinux inside
-# it (the bzImage's compressed payload, which carries the PVH note) to .../debian/vmlinux.
+# distribution kernel: its bzImage to ~/.cache/ember/debian/vmlinuz, the ELF vmlinux inside
+# it (the bzImage's compressed payload, which carries the PVH note) to .../debian/vmlinux, and
+# its modules tree to .../debian/modules/VERSION (a program run on it loads its virtio-fs and
+# vsock drivers from there: `ember run --modules`).
 #   EMBER_CACHE_DIR=DIR   cache location (default ~/.cache/ember)
 set -euo pipefail
 cache=${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}
@@ -15,7 +17,7 @@ if [ -z "$pkg" ]; then
   pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 fi
 [ -n "$pkg" ] || { say "cannot resolve linux-image-cloud-amd64"; exit 1; }
-if [ -f "$out/vmlinuz" ] && [ -f "$out/vmlinux" ] && [ "$(cat "$out/package" 2>/dev/null)" = "$pkg" ]; then
+if [ -f "$out/vmlinuz" ] && [ -f "$out/vmlinux" ] && [ -d "$out/modules" ] && [ "$(cat "$out/package" 2>/dev/null)" = "$pkg" ]; then
   say "$pkg is already at $out/vmlinuz and $out/vmlinux"
   exit 0
 fi
@@ -27,6 +29,9 @@ dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/x"
 mkdir -p "$out"
 cp "$tmp"/x/boot/vmlinuz-* "$out/vmlinuz"
 cp "$tmp"/x/boot/config-* "$out/config"
+rm -rf "$out/modules"
+mkdir -p "$out/modules"
+cp -a "$tmp"/x/lib/modules/* "$out/modules/"
 
 # The ELF inside: the setup header says where the compressed payload is (boot protocol 2.08+:
 # payload_offset at 0x248 and payload_length at 0x24c, from the end of the setup sectors); its

@@ -84,10 +84,7 @@ pub fn classify(reason: ExitReason, panic: Option<String>, status: Option<u8>) -
             VmOutcome::GuestPanic(msg)
         }
         (ExitReason::TripleFault { cpu, rip }, None) => VmOutcome::TripleFault { cpu, rip },
-        (reason @ ExitReason::WorkloadExited, _) => VmOutcome::Stopped {
-            reason,
-            status,
-        },
+        (reason @ ExitReason::WorkloadExited, _) => VmOutcome::Stopped { reason, status },
         (reason @ (ExitReason::Reset | ExitReason::PowerOff), None) => {
             VmOutcome::Stopped { reason, status }
         }

@@ -128,6 +128,9 @@ mod tests {
             .into_iter()
             .chain([OsString::from_vec(b"a\xffb".to_vec())]);
         let m = super::not_utf8(args);
-        assert!(m.starts_with("argument 3 (the value of --cmdline) is not valid UTF-8"), "{m}");
+        assert!(
+            m.starts_with("argument 3 (the value of --cmdline) is not valid UTF-8"),
+            "{m}"
+        );
     }
 }

@@ -162,7 +162,10 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
         }
         InitrdChoice::Process => {
             // Checked by validation: a process has a configuration section.
-            let process = config.process.as_ref().ok_or(ConfigError::ProcessConflict)?;
+            let process = config
+                .process
+                .as_ref()
+                .ok_or(ConfigError::ProcessConflict)?;
             let plan = crate::command::plan(config, process, &kernel, crate::GUEST_INIT)?;
             program = Some(plan.program.clone());
             Some(InitrdImage {
@@ -255,13 +258,15 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
             DeviceSpec::Net(n) => {
                 config.net_at(n, "host_dev_name", &format!("{:?}", n.host_dev_name))
             }
-            DeviceSpec::Vsock { config: Some(v), .. } => {
-                config.vsock_at(v, "uds_path", &config::input::path_value(&v.uds_path))
-            }
+            DeviceSpec::Vsock {
+                config: Some(v), ..
+            } => config.vsock_at(v, "uds_path", &config::input::path_value(&v.uds_path)),
             DeviceSpec::Vsock { config: None, .. } => "the process channel (vsock)".into(),
-            DeviceSpec::Fs { dir, .. } => {
-                config.share_at(dir, "path_on_host", &config::input::path_value(&dir.path_on_host))
-            }
+            DeviceSpec::Fs { dir, .. } => config.share_at(
+                dir,
+                "path_on_host",
+                &config::input::path_value(&dir.path_on_host),
+            ),
         };
     }
 

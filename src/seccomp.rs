@@ -276,27 +276,79 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
 /// file system's (fuse-backend-rs) on the shared tree, and the thread's wait on its queues.
 /// No socket, no exec, no ioctl but the terminal's, no KVM.
 pub const FS_SYSCALLS: &[Allowed] = &[
-    (libc::SYS_poll, "poll", "waiting on the device's queue and wake-up eventfds"),
-    (libc::SYS_read, "read", "the eventfds; glibc reading /proc/sys/vm/overcommit_memory when it first trims the thread's heap"),
-    (libc::SYS_openat, "openat", "a name in a shared directory (O_PATH, O_NOFOLLOW), a file reopened through /proc/self/fd, the share's root again at the guest's FUSE_INIT"),
+    (
+        libc::SYS_poll,
+        "poll",
+        "waiting on the device's queue and wake-up eventfds",
+    ),
+    (
+        libc::SYS_read,
+        "read",
+        "the eventfds; glibc reading /proc/sys/vm/overcommit_memory when it first trims the thread's heap",
+    ),
+    (
+        libc::SYS_openat,
+        "openat",
+        "a name in a shared directory (O_PATH, O_NOFOLLOW), a file reopened through /proc/self/fd, the share's root again at the guest's FUSE_INIT",
+    ),
     (libc::SYS_close, "close", "files the guest closed or forgot"),
-    (libc::SYS_dup, "dup", "FUSE_FLUSH (a close in the guest) closes a duplicate"),
-    (libc::SYS_newfstatat, "newfstatat", "attributes (fstatat with AT_EMPTY_PATH)"),
+    (
+        libc::SYS_dup,
+        "dup",
+        "FUSE_FLUSH (a close in the guest) closes a duplicate",
+    ),
+    (
+        libc::SYS_newfstatat,
+        "newfstatat",
+        "attributes (fstatat with AT_EMPTY_PATH)",
+    ),
     (libc::SYS_statx, "statx", "attributes with the mount id"),
     (libc::SYS_fstatfs, "fstatfs", "statfs"),
     (libc::SYS_getdents64, "getdents64", "reading a directory"),
-    (libc::SYS_lseek, "lseek", "directory offsets, SEEK_DATA and SEEK_HOLE"),
-    (libc::SYS_preadv, "preadv", "reading a file into the guest's buffers"),
-    (libc::SYS_pwritev, "pwritev", "writing a file from the guest's buffers (writable shares only)"),
-    (libc::SYS_readlinkat, "readlinkat", "reading a symbolic link (the guest resolves it)"),
+    (
+        libc::SYS_lseek,
+        "lseek",
+        "directory offsets, SEEK_DATA and SEEK_HOLE",
+    ),
+    (
+        libc::SYS_preadv,
+        "preadv",
+        "reading a file into the guest's buffers",
+    ),
+    (
+        libc::SYS_pwritev,
+        "pwritev",
+        "writing a file from the guest's buffers (writable shares only)",
+    ),
+    (
+        libc::SYS_readlinkat,
+        "readlinkat",
+        "reading a symbolic link (the guest resolves it)",
+    ),
     (libc::SYS_mkdirat, "mkdirat", "mkdir in a writable share"),
-    (libc::SYS_mknodat, "mknodat", "FIFOs and sockets in a writable share (never device nodes: the policy refuses them)"),
-    (libc::SYS_symlinkat, "symlinkat", "ln -s in a writable share"),
+    (
+        libc::SYS_mknodat,
+        "mknodat",
+        "FIFOs and sockets in a writable share (never device nodes: the policy refuses them)",
+    ),
+    (
+        libc::SYS_symlinkat,
+        "symlinkat",
+        "ln -s in a writable share",
+    ),
     (libc::SYS_linkat, "linkat", "ln in a writable share"),
-    (libc::SYS_unlinkat, "unlinkat", "rm and rmdir in a writable share"),
+    (
+        libc::SYS_unlinkat,
+        "unlinkat",
+        "rm and rmdir in a writable share",
+    ),
     (libc::SYS_renameat2, "renameat2", "mv in a writable share"),
     (libc::SYS_fchmod, "fchmod", "chmod of an open file"),
-    (libc::SYS_fchmodat, "fchmodat", "chmod (through /proc/self/fd)"),
+    (
+        libc::SYS_fchmodat,
+        "fchmodat",
+        "chmod (through /proc/self/fd)",
+    ),
     (libc::SYS_fchownat, "fchownat", "chown"),
     (libc::SYS_utimensat, "utimensat", "touch"),
     (libc::SYS_ftruncate, "ftruncate", "truncating a file"),
@@ -304,9 +356,21 @@ pub const FS_SYSCALLS: &[Allowed] = &[
     (libc::SYS_fsync, "fsync", "fsync"),
     (libc::SYS_fdatasync, "fdatasync", "fdatasync"),
     (libc::SYS_fcntl, "fcntl", "file status flags (F_SETFL)"),
-    (libc::SYS_umask, "umask", "the file system's own set-up, again at the guest's FUSE_INIT"),
-    (libc::SYS_setresuid, "setresuid", "acting as the guest's caller for a create (the raw call: this thread only)"),
-    (libc::SYS_setresgid, "setresgid", "acting as the guest's caller's group for a create"),
+    (
+        libc::SYS_umask,
+        "umask",
+        "the file system's own set-up, again at the guest's FUSE_INIT",
+    ),
+    (
+        libc::SYS_setresuid,
+        "setresuid",
+        "acting as the guest's caller for a create (the raw call: this thread only)",
+    ),
+    (
+        libc::SYS_setresgid,
+        "setresgid",
+        "acting as the guest's caller's group for a create",
+    ),
 ];
 
 /// Every call the filter for `role` allows, with why.

@@ -494,13 +494,19 @@ fn inputs_are_checked_before_they_are_read() {
     let fifo_cfg = scratch("placeholder-a", b"").with_file_name("vm.fifo");
     fifo(&fifo_cfg);
     let big = scratch("big.json", b"");
-    std::fs::File::create(&big).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     // A config that is a device, a FIFO or a disk image: refused at once, nothing read.
     for (file, needle) in [
         ("/dev/zero", "a character device, not a regular file"),
         ("/dev/urandom", "a character device, not a regular file"),
         (fifo_cfg.to_str().unwrap(), "a FIFO, not a regular file"),
-        (big.to_str().unwrap(), "more than a configuration file may be"),
+        (
+            big.to_str().unwrap(),
+            "more than a configuration file may be",
+        ),
     ] {
         expect_error(
             &["run", "--kernel", &tiny, "--config", file],
@@ -513,11 +519,20 @@ fn inputs_are_checked_before_they_are_read() {
     let fifo_disk = fifo_cfg.with_file_name("disk.fifo");
     fifo(&fifo_disk);
     for (disk, needle) in [
-        ("/dev/null".to_string(), "a character device, not a disk image"),
-        ("/dev/zero".to_string(), "a character device, not a disk image"),
+        (
+            "/dev/null".to_string(),
+            "a character device, not a disk image",
+        ),
+        (
+            "/dev/zero".to_string(),
+            "a character device, not a disk image",
+        ),
         (fifo_disk.display().to_string(), "a FIFO, not a disk image"),
         ("/proc/self/mem".to_string(), "at least one 512-byte sector"),
-        (empty.display().to_string(), "0 bytes: a disk needs at least one"),
+        (
+            empty.display().to_string(),
+            "0 bytes: a disk needs at least one",
+        ),
     ] {
         for flag in ["--disk", "--rootfs"] {
             expect_error(
@@ -536,8 +551,13 @@ fn errors_name_the_input_as_the_user_gave_it() {
     let disk = disk.to_str().unwrap();
     let json = |body: &str| {
         let p = scratch(
-            &format!("named-{:x}.json", body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()),
-            body.replace("KERNEL", &tiny).replace("DISK", disk).as_bytes(),
+            &format!(
+                "named-{:x}.json",
+                body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()
+            ),
+            body.replace("KERNEL", &tiny)
+                .replace("DISK", disk)
+                .as_bytes(),
         );
         p.to_str().unwrap().to_string()
     };
@@ -564,7 +584,10 @@ fn errors_name_the_input_as_the_user_gave_it() {
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "network-interfaces": [{"iface_id": "e", "host_dev_name": "seventeen-chars-x"}]}"#,
-            vec![": network-interfaces[0].host_dev_name: ", "1 to 15 characters"],
+            vec![
+                ": network-interfaces[0].host_dev_name: ",
+                "1 to 15 characters",
+            ],
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "vsock": {"guest_cid": 2, "uds_path": "/tmp/ember-named.sock"}}"#,
@@ -572,7 +595,11 @@ fn errors_name_the_input_as_the_user_gave_it() {
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "KERNEL", "no_initrd": true}, "drives": [{"drive_id": "r", "path_on_host": "DISK", "is_root_device": true, "rate_limiter": {"ops": {"size": 5, "refill_time": 10}}}]}"#,
-            vec![": drives[0].rate_limiter: ", "not supported by ember", "no I/O rate limiter"],
+            vec![
+                ": drives[0].rate_limiter: ",
+                "not supported by ember",
+                "no I/O rate limiter",
+            ],
         ),
     ] {
         let file = json(body);
@@ -583,9 +610,15 @@ fn errors_name_the_input_as_the_user_gave_it() {
     }
     // The same values from flags name the flags.
     for (args, needles) in [
-        (vec!["--rootfs", "nope.img"], vec!["--rootfs nope.img: no such file"]),
+        (
+            vec!["--rootfs", "nope.img"],
+            vec!["--rootfs nope.img: no such file"],
+        ),
         (vec!["--vcpus", "0"], vec!["--vcpus 0: "]),
-        (vec!["--net", "tap=a,tap=b"], vec!["--net tap=a,tap=b: ", "given twice"]),
+        (
+            vec!["--net", "tap=a,tap=b"],
+            vec!["--net tap=a,tap=b: ", "given twice"],
+        ),
         (
             vec!["--vsock", "cid=3,cid=4,uds=/tmp/x"],
             vec!["--vsock cid=3,cid=4,uds=/tmp/x: ", "given twice"],
@@ -607,7 +640,12 @@ fn errors_name_the_input_as_the_user_gave_it() {
             vec!["null address"],
         ),
         (
-            vec!["--disk", &format!("{disk},id=0123456789abcdefghijA"), "--disk", &format!("{disk}x,id=0123456789abcdefghijB")],
+            vec![
+                "--disk",
+                &format!("{disk},id=0123456789abcdefghijA"),
+                "--disk",
+                &format!("{disk}x,id=0123456789abcdefghijB"),
+            ],
             vec!["first 20 bytes"],
         ),
     ] {
@@ -625,7 +663,10 @@ fn errors_name_the_input_as_the_user_gave_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
-    assert!(err.contains("(the value of --cmdline) is not valid UTF-8"), "{err}");
+    assert!(
+        err.contains("(the value of --cmdline) is not valid UTF-8"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -641,7 +682,14 @@ fn disks_on_read_only_mounts_and_symlink_loops_say_why() {
     std::os::unix::fs::symlink(&b, &a).unwrap();
     std::os::unix::fs::symlink(&a, &b).unwrap();
     expect_error(
-        &["run", "--kernel", &tiny, "--no-initrd", "--disk", a.to_str().unwrap()],
+        &[
+            "run",
+            "--kernel",
+            &tiny,
+            "--no-initrd",
+            "--disk",
+            a.to_str().unwrap(),
+        ],
         BAD_INPUT,
         &["a loop of symbolic links"],
     );
@@ -692,9 +740,18 @@ fn a_tun_device_is_not_taken_for_a_broken_tap() {
         }
     }
     let _cleanup = DropNs(ns.clone());
-    assert!(ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "tun0", "mode", "tun"]));
+    assert!(ip(&[
+        "netns", "exec", &ns, "ip", "tuntap", "add", "tun0", "mode", "tun"
+    ]));
     let o = Command::new("ip")
-        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_ember"), "run", "--kernel"])
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            env!("CARGO_BIN_EXE_ember"),
+            "run",
+            "--kernel",
+        ])
         .arg(guest("hello64"))
         .args(["--no-initrd", "--net", "tap=tun0"])
         .stdin(Stdio::null())
@@ -703,7 +760,9 @@ fn a_tun_device_is_not_taken_for_a_broken_tap() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(BAD_INPUT), "{err}");
     assert!(
-        err.contains("--net tap=tun0: ") && err.contains("a TUN device") && err.contains("mode tap"),
+        err.contains("--net tap=tun0: ")
+            && err.contains("a TUN device")
+            && err.contains("mode tap"),
         "{err}"
     );
 }
@@ -716,14 +775,20 @@ fn console_output_stdout_cannot_take_is_said_once_and_counted() {
         .arg(guest("flood"))
         .args(["--no-initrd"])
         .stdin(Stdio::null())
-        .stdout(std::fs::File::options().write(true).open("/dev/full").unwrap())
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
         .stderr(Stdio::piped())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert_eq!(
-        err.matches("stdout cannot take the guest's console output").count(),
+        err.matches("stdout cannot take the guest's console output")
+            .count(),
         1,
         "{err}"
     );

@@ -127,8 +127,12 @@ fn user(spec: &str, root: &Path) -> Result<User, ConfigError> {
             ))
         })?;
     let (uid, gid) = (
-        entry[2].parse().map_err(|_| bad("its passwd entry has no uid".into()))?,
-        entry[3].parse().map_err(|_| bad("its passwd entry has no gid".into()))?,
+        entry[2]
+            .parse()
+            .map_err(|_| bad("its passwd entry has no uid".into()))?,
+        entry[3]
+            .parse()
+            .map_err(|_| bad("its passwd entry has no gid".into()))?,
     );
     let groups = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
     let additional_gids = groups
@@ -187,7 +191,10 @@ pub fn configure(
             },
         },
     );
-    for (flag, dirs, writable) in [("--rwdir", &flags.rwdir, true), ("--rodir", &flags.rodir, false)] {
+    for (flag, dirs, writable) in [
+        ("--rwdir", &flags.rwdir, true),
+        ("--rodir", &flags.rodir, false),
+    ] {
         for d in dirs {
             let host = directory(flag, d)?;
             config.shares.push(SharedDir {
@@ -200,12 +207,16 @@ pub fn configure(
     }
     let cwd = match (&flags.cwd, &flags.root) {
         (Some(c), _) => ember::command::program::normalize(
-            &std::env::current_dir().unwrap_or_else(|_| "/".into()).join(c),
+            &std::env::current_dir()
+                .unwrap_or_else(|_| "/".into())
+                .join(c),
         ),
         (None, Some(_)) => PathBuf::from("/"),
         (None, None) => std::env::current_dir().map_err(|e| ConfigError::Invalid {
             input: "the current directory".into(),
-            reason: format!("cannot read it ({e}): run ember from a directory that exists, or pass --cwd"),
+            reason: format!(
+                "cannot read it ({e}): run ember from a directory that exists, or pass --cwd"
+            ),
         })?,
     };
     let env = std::env::vars_os()
@@ -334,7 +345,9 @@ pub fn exit_for(
     match failure {
         Some((frames::FAILED_DRIVER, text)) => fail(
             exit_code::MISSING_DRIVER,
-            format!("the guest kernel lacks a driver the run needs: {text}; build it in (kernels/ember-run.config) or give its modules (--modules)"),
+            format!(
+                "the guest kernel lacks a driver the run needs: {text}; build it in (kernels/ember-run.config) or give its modules (--modules)"
+            ),
         ),
         Some((frames::FAILED_START, text)) => fail(
             if text.contains("No such file") {
@@ -342,7 +355,10 @@ pub fn exit_for(
             } else {
                 exit_code::PROGRAM_NOT_EXECUTABLE
             },
-            format!("{}: cannot start it in the guest: {text}", program.display()),
+            format!(
+                "{}: cannot start it in the guest: {text}",
+                program.display()
+            ),
         ),
         Some((_, text)) => {
             show_tail();

@@ -104,9 +104,10 @@ pub fn plan(
 
 fn select_modules(config: &VmConfig, tree: &Path) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
     modules::select(tree).map_err(|e| ConfigError::Invalid {
-        input: config
-            .sources
-            .at("boot-source.modules", &crate::config::input::path_value(tree)),
+        input: config.sources.at(
+            "boot-source.modules",
+            &crate::config::input::path_value(tree),
+        ),
         reason: e.to_string(),
     })
 }

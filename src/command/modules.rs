@@ -28,7 +28,9 @@ pub enum ModulesError {
         source: std::io::Error,
     },
     /// A module is compressed, which ember does not unpack.
-    #[error("{path} is compressed: ember loads plain .ko files; unpack the tree first (xz -d or zstd -d)")]
+    #[error(
+        "{path} is compressed: ember loads plain .ko files; unpack the tree first (xz -d or zstd -d)"
+    )]
     Compressed {
         /// The module.
         path: String,
@@ -67,7 +69,10 @@ fn index(tree: &Path) -> Result<HashMap<String, PathBuf>, ModulesError> {
 
 /// The `depends=` list of a module's `.modinfo` section (ELF64, little-endian).
 pub fn depends(ko: &[u8]) -> Vec<String> {
-    let u16_at = |o: usize| ko.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |o: usize| {
+        ko.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let u32_at = |o: usize| {
         ko.get(o..o + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -101,7 +106,13 @@ pub fn depends(ko: &[u8]) -> Vec<String> {
     };
     info.split(|&b| b == 0)
         .filter_map(|kv| kv.strip_prefix(b"depends="))
-        .flat_map(|v| String::from_utf8_lossy(v).into_owned().split(',').map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .into_owned()
+                .split(',')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|d| !d.is_empty())
         .map(|d| d.replace('-', "_"))
         .collect()
@@ -180,7 +191,9 @@ mod tests {
     #[test]
     fn dependencies_come_first_once() {
         assert_eq!(
-            depends(&module(b"license=GPL\0depends=fuse,virtio-ring\0name=virtiofs\0")),
+            depends(&module(
+                b"license=GPL\0depends=fuse,virtio-ring\0name=virtiofs\0"
+            )),
             ["fuse", "virtio_ring"]
         );
         assert!(depends(&module(b"depends=\0")).is_empty());
@@ -191,10 +204,17 @@ mod tests {
         std::fs::write(k.join("virtiofs.ko"), module(b"depends=fuse,virtio\0")).unwrap();
         std::fs::write(k.join("fuse.ko"), module(b"depends=\0")).unwrap();
         std::fs::write(k.join("virtio.ko"), module(b"depends=\0")).unwrap();
-        std::fs::write(k.join("virtio_mmio.ko"), module(b"depends=virtio,virtio_ring\0")).unwrap();
+        std::fs::write(
+            k.join("virtio_mmio.ko"),
+            module(b"depends=virtio,virtio_ring\0"),
+        )
+        .unwrap();
         std::fs::write(k.join("virtio_ring.ko"), module(b"depends=\0")).unwrap();
         let names: Vec<String> = select(&dir).unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["virtio", "virtio_ring", "virtio_mmio", "fuse", "virtiofs"]);
+        assert_eq!(
+            names,
+            ["virtio", "virtio_ring", "virtio_mmio", "fuse", "virtiofs"]
+        );
         std::fs::write(k.join("overlay.ko.xz"), b"xz").unwrap();
         assert!(matches!(select(&dir), Err(ModulesError::Compressed { .. })));
         std::fs::remove_dir_all(&dir).unwrap();

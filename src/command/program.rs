@@ -157,12 +157,26 @@ mod tests {
         let shares = [share(&root, "/")];
         let env = ["PATH=/usr/bin:/bin".to_string()];
         let cwd = Path::new("/work");
-        assert_eq!(find("tool", &env, cwd, &shares).unwrap(), Path::new("/bin/tool"));
-        assert_eq!(find("alias", &env, cwd, &shares).unwrap(), Path::new("/bin/alias"));
-        assert_eq!(find("../bin/tool", &env, cwd, &shares).unwrap(), Path::new("/bin/tool"));
+        assert_eq!(
+            find("tool", &env, cwd, &shares).unwrap(),
+            Path::new("/bin/tool")
+        );
+        assert_eq!(
+            find("alias", &env, cwd, &shares).unwrap(),
+            Path::new("/bin/alias")
+        );
+        assert_eq!(
+            find("../bin/tool", &env, cwd, &shares).unwrap(),
+            Path::new("/bin/tool")
+        );
         let e = find("nope", &env, cwd, &shares).unwrap_err().to_string();
-        assert!(e.starts_with("nope: command not found") && e.contains("PATH=/usr/bin:/bin"), "{e}");
-        let e = find("./notes.txt", &env, cwd, &shares).unwrap_err().to_string();
+        assert!(
+            e.starts_with("nope: command not found") && e.contains("PATH=/usr/bin:/bin"),
+            "{e}"
+        );
+        let e = find("./notes.txt", &env, cwd, &shares)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an executable file"), "{e}");
         let e = find("/bin", &env, cwd, &shares).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");

@@ -233,7 +233,9 @@ impl Session {
                     0
                 }
                 frames::FAILED => {
-                    let (k, text) = payload.split_first().unwrap_or((&frames::FAILED_SETUP, &[]));
+                    let (k, text) = payload
+                        .split_first()
+                        .unwrap_or((&frames::FAILED_SETUP, &[]));
                     lock(&self.result).failure =
                         Some((*k, crate::config::one_line(&String::from_utf8_lossy(text))));
                     0

@@ -137,7 +137,12 @@ mod tests {
     #[test]
     fn round_trip_with_awkward_values() {
         let s = Spec {
-            args: vec!["sh".into(), "-c".into(), "echo 'a\nb'; exit 3".into(), String::new()],
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'a\nb'; exit 3".into(),
+                String::new(),
+            ],
             program: "/bin/sh".into(),
             env: vec!["A=1".into(), "MULTI=line1\nline2".into(), "EMPTY=".into()],
             cwd: "/work dir".into(),

@@ -125,7 +125,9 @@ pub enum ConfigError {
     )]
     ProcessConflict,
     /// The program to run is not found where the guest will look.
-    #[error("{name}: command not found in the guest's root ({looked}): check the name, or give its path")]
+    #[error(
+        "{name}: command not found in the guest's root ({looked}): check the name, or give its path"
+    )]
     ProgramNotFound {
         /// The program as given.
         name: String,
@@ -217,7 +219,10 @@ impl VmConfig {
     /// excludes the other choices.
     pub fn initrd_choice(&self) -> Result<InitrdChoice, ConfigError> {
         let b = &self.boot_source;
-        match (&self.process, b.initrd_path.is_some() || b.exec.is_some() || b.no_initrd) {
+        match (
+            &self.process,
+            b.initrd_path.is_some() || b.exec.is_some() || b.no_initrd,
+        ) {
             (Some(_), true) => Err(ConfigError::ProcessConflict),
             (Some(_), false) => Ok(InitrdChoice::Process),
             (None, _) => b.initrd(),

@@ -202,7 +202,10 @@ impl VmConfig {
                 ));
             }
             if !seen.insert(d.guest_path.clone()) {
-                return Err(invalid(guest, "two shares at the same place in the guest: move one"));
+                return Err(invalid(
+                    guest,
+                    "two shares at the same place in the guest: move one",
+                ));
             }
             if self.process.is_some() && i == 0 && d.guest_path != Path::new("/") {
                 return Err(invalid(

@@ -23,6 +23,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::arch::x86_64::boot::{self, BootError, EntryPoint};
 use crate::arch::x86_64::{acpi, layout, mptable};
+use crate::command::{
+    self,
+    session::{CommandResult, ProcessIo, Session},
+};
 use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
@@ -31,10 +35,6 @@ use crate::devices::manager::{DeviceSpec, ManagerError, Registrar};
 use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
-};
-use crate::command::{
-    self,
-    session::{CommandResult, ProcessIo, Session},
 };
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, Share};

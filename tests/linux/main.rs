@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod command;
 mod debian;
 mod devices;
 mod exec;

@@ -230,6 +230,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             0x60 => self.interrupt.status(),
             0x70 if self.interrupt.needs_reset() => self.status | S_NEEDS_RESET,
             0x70 => self.status,
+            // Shared memory regions (SHM_LEN, SHM_BASE): ember's devices have none, which
+            // the spec says with all ones. A zero length would read as a region at address 0,
+            // which a virtio-fs driver with DAX then tries to map.
+            0xb0..=0xbc => u32::MAX,
             // Configuration generation: ember's configuration spaces never change under the
             // driver.
             0xfc => 0,

@@ -71,12 +71,17 @@ mod tests {
 
     #[test]
     fn both_views_see_the_same_pages() {
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(1 << 32), 1 << 20)])
-                .unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 32), 1 << 20),
+        ])
+        .unwrap();
         let view = memory(&mem).unwrap();
         mem.write_obj(0xabcd_u32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(view.read_obj::<u32>(GuestAddress17(0x1000)).unwrap(), 0xabcd);
+        assert_eq!(
+            view.read_obj::<u32>(GuestAddress17(0x1000)).unwrap(),
+            0xabcd
+        );
         view.write_obj(7u8, GuestAddress17((1 << 32) + 5)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress((1 << 32) + 5)).unwrap(), 7);
         // Past the end of either region: refused by both.

@@ -244,7 +244,10 @@ mod tests {
         let got = parse_hidden(info);
         assert_eq!(got.len(), 4);
         assert!(got.contains(&libc::makedev(0, 21)));
-        assert!(!got.contains(&libc::makedev(254, 1)), "the root file system is shared");
+        assert!(
+            !got.contains(&libc::makedev(254, 1)),
+            "the root file system is shared"
+        );
         // This host's own /proc is among them.
         let proc_dev = std::fs::metadata("/proc").map(|m| {
             use std::os::unix::fs::MetadataExt;

@@ -65,14 +65,14 @@ impl Worker {
         let builder = std::thread::Builder::new().name(format!("ember-fs-{tag}"));
         // Started with the stop signals blocked, as every ember thread is: a SIGINT must
         // reach the VMM thread's signalfd, not end the process here.
-        let _blocked =
-            crate::signals::SignalsBlocked::block(&crate::signals::STOP_SIGNALS).ok();
+        let _blocked = crate::signals::SignalsBlocked::block(&crate::signals::STOP_SIGNALS).ok();
         let thread = crate::placement::spawn(placement, builder, move || {
             // std's hash maps take their keys from getrandom on a thread's first map, which
             // the file system makes while it serves: take them before the filter.
             let _keys = std::collections::HashMap::<u8, u8>::new();
             if filtered {
-                let installed = seccomp::filter(Role::Fs).and_then(|f| seccomp::apply(&f, Role::Fs));
+                let installed =
+                    seccomp::filter(Role::Fs).and_then(|f| seccomp::apply(&f, Role::Fs));
                 if let Err(e) = installed {
                     // Never serves unconfined: the device stays idle, the guest sees no file.
                     log::error!("virtio-fs: {e}; the share is not served");
@@ -180,7 +180,11 @@ fn serve(shared: &Shared, server: &Server<Arc<SharedFs>>, active: Active) {
             return;
         }
     };
-    let mut s = Serving { mem, queues, active };
+    let mut s = Serving {
+        mem,
+        queues,
+        active,
+    };
     let mut fds = vec![shared.wake.as_raw_fd()];
     fds.extend(s.active.queue_evts.iter().map(|e| e.as_raw_fd()));
     loop {
