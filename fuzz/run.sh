@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || { echo "fuzz/run.sh: cargo install cargo-fuzz first" >&2; exit 2; }
 cargo fuzz build -O --sanitizer none >/dev/null 2>&1 || { echo "fuzz/run.sh: build failed: run cargo fuzz build -O --sanitizer none" >&2; exit 1; }
 status=0
-for t in serial_registers ioapic_registers kernel_loader cpio_writer config_file flag_values virtio_block virtio_vsock; do
+for t in serial_registers ioapic_registers kernel_loader cpio_writer config_file flag_values virtio_block virtio_vsock virtio_fs; do
   mkdir -p "corpus/$t"
   log=$(mktemp)
   cargo fuzz run -O --sanitizer none "$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 >"$log" 2>&1

@@ -167,6 +167,13 @@ pub fn resolve(config: &VmConfig, host: HostFlavour) -> Result<ResolvedVm, Resol
                 .as_ref()
                 .ok_or(ConfigError::ProcessConflict)?;
             let plan = crate::command::plan(config, process, &kernel, crate::GUEST_INIT)?;
+            if !kernel.is_linux {
+                return Err(ConfigError::Invalid {
+                    input: config.kernel_input(&config.kernel()?),
+                    reason: "not a Linux kernel, and a program runs under ember's Linux init: pass a Linux kernel (or none, for the project's)".into(),
+                }
+                .into());
+            }
             program = Some(plan.program.clone());
             Some(InitrdImage {
                 name: format!("initramfs for {}", plan.program.display()),

@@ -822,6 +822,9 @@ mod tests {
         let mut vmm: Vec<String> = VMM_SYSCALLS.iter().map(|a| a.1.into()).collect();
         vmm.sort();
         assert_eq!(table_names(doc, "**The VMM thread**"), vmm);
+        let mut fs: Vec<String> = FS_SYSCALLS.iter().map(|a| a.1.into()).collect();
+        fs.sort();
+        assert_eq!(table_names(doc, "**A virtio-fs thread**"), fs);
     }
 
     #[test]

@@ -279,10 +279,12 @@ fn exec_must_be_static() {
         BAD_INPUT,
         &["not an x86_64 ELF"],
     );
+    // Without --exec, what follows `--` is a program to run from the host's files: found on
+    // the host before anything boots, or not (127, as a shell says it).
     expect_error(
-        &["run", "--kernel", &tiny(), "--", "stray"],
-        BAD_INPUT,
-        &["--exec"],
+        &["run", "--kernel", &tiny(), "--", "no-such-program-ember"],
+        127,
+        &["no-such-program-ember: command not found", "PATH="],
     );
 }
 
@@ -795,5 +797,65 @@ fn console_output_stdout_cannot_take_is_said_once_and_counted() {
     assert!(
         err.contains("bytes of the guest's console output were dropped"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_program_run_refuses_bad_input_before_anything_starts() {
+    let tiny = tiny();
+    let file = scratch("not-a-dir.txt", b"x");
+    let script = scratch("not-executable.sh", b"#!/bin/sh\nexit 0\n");
+    let file = file.to_str().unwrap();
+    for (args, code, needles) in [
+        (
+            vec!["--rwdir", "/nonexistent/ember-out", "--", "true"],
+            BAD_INPUT,
+            vec!["--rwdir /nonexistent/ember-out: no such directory"],
+        ),
+        (
+            vec!["--rwdir", file, "--", "true"],
+            BAD_INPUT,
+            vec!["--rwdir ", "not a directory"],
+        ),
+        (
+            vec!["--root", "/nonexistent/rootfs", "--", "true"],
+            BAD_INPUT,
+            vec!["--root /nonexistent/rootfs: no such directory"],
+        ),
+        (
+            vec!["--rwdir", "/tmp"],
+            BAD_INPUT,
+            vec!["--rwdir", "no program was given", "-- PROG"],
+        ),
+        (
+            vec!["--", "no-such-program-ember"],
+            127,
+            vec!["command not found"],
+        ),
+        (
+            vec!["--", script.to_str().unwrap()],
+            126,
+            vec!["not-executable.sh", "not an executable file"],
+        ),
+        (
+            vec!["--", "/"],
+            126,
+            vec!["is a directory"],
+        ),
+        (
+            vec!["--user", "no-such-user-ember", "--", "true"],
+            BAD_INPUT,
+            vec!["--user no-such-user-ember", "no such user"],
+        ),
+    ] {
+        let mut a = vec!["run", "--kernel", tiny.as_str()];
+        a.extend(args);
+        expect_error(&a, code, &needles);
+    }
+    // A program run needs a Linux kernel: the tiny guest is not one.
+    expect_error(
+        &["run", "--kernel", &tiny, "--", "true"],
+        BAD_INPUT,
+        &["not a Linux kernel"],
     );
 }

@@ -298,7 +298,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         let (cpu, peak_rss) = report::own_usage();
         let r = Report::new(&timeline, started, cpu, peak_rss, run.guest_touched_bytes)
             .with_teardown_deferred(run.teardown_deferred)
-            .with_dropped(run.console_dropped.0, &suppressed);
+            .with_dropped(run.console_dropped.0, &suppressed)
+            .with_shares_setup(
+                (!run.share_setup.is_zero()).then(|| run.share_setup.as_nanos() as u64),
+            );
         out.write(&r)?;
     }
     code

@@ -92,6 +92,10 @@ pub struct Report {
     pub teardown: &'static str,
     /// What was dropped or not logged.
     pub dropped: Dropped,
+    /// Host time spent making the shared directories ready (a program run's virtio-fs
+    /// shares: the detached mounts, the file servers and their threads), if there were any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shares_setup_ns: Option<u64>,
 }
 
 impl Report {
@@ -150,7 +154,14 @@ impl Report {
             },
             teardown: "inline",
             dropped: Dropped::default(),
+            shares_setup_ns: None,
         }
+    }
+
+    /// Adds the shares' set-up time (see [`Report::shares_setup_ns`]).
+    pub fn with_shares_setup(mut self, ns: Option<u64>) -> Self {
+        self.shares_setup_ns = ns;
+        self
     }
 
     /// Adds what was dropped or not logged (see [`Report::dropped`]).
@@ -206,6 +217,12 @@ impl Report {
         ));
         if self.teardown == "deferred" {
             out.push_str("  teardown deferred: vm_torn_down is ember's share; KVM destroys the VM after ember exits\n");
+        }
+        if let Some(ns) = self.shares_setup_ns {
+            out.push_str(&format!(
+                "  shares: {:.3} ms of ember's time to make them ready\n",
+                ms(ns)
+            ));
         }
         if self.dropped.console_bytes > 0 {
             out.push_str(&format!(

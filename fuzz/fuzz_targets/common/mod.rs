@@ -32,10 +32,25 @@ fn w<D: VirtioDevice>(t: &mut MmioTransport<D>, off: u64, v: u32) {
 /// the queue registers stay where the driver put them), and notifies each queue named by the
 /// first byte's bits, then runs the event loop `rounds` times without waiting.
 pub fn drive<D: VirtioDevice + 'static>(device: D, queues: u32, data: &[u8], rounds: usize) {
+    drive_and_wait(device, queues, data, rounds, std::time::Duration::ZERO);
+}
+
+/// [`drive`], then waits up to `settle` for the device's interrupt: for a device that serves
+/// its queues on a thread of its own (virtio-fs), which answers after `drive` returns.
+pub fn drive_and_wait<D: VirtioDevice + 'static>(
+    device: D,
+    queues: u32,
+    data: &[u8],
+    rounds: usize,
+    settle: std::time::Duration,
+) {
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
         return;
     };
     let Ok(irq) = EventFd::new(EFD_NONBLOCK) else {
+        return;
+    };
+    let Ok(irq_seen) = irq.try_clone() else {
         return;
     };
     let evts: Vec<EventFd> = (0..queues)
@@ -91,5 +106,15 @@ pub fn drive<D: VirtioDevice + 'static>(device: D, queues: u32, data: &[u8], rou
         if events.run_with_timeout(0).is_err() {
             break;
         }
+    }
+    if !settle.is_zero() {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: irq_seen.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, settle.as_millis() as i32) };
     }
 }

@@ -113,3 +113,213 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    use super::*;
+    use crate::devices::virtio::Interrupt;
+    use crate::guest_log::LogLimit;
+
+    const REQUEST: u64 = 0x10_0000;
+    const REPLY: u64 = 0x20_0000;
+    const VRING_DESC_F_WRITE: u16 = 2;
+    const FUSE_LOOKUP: u32 = 1;
+    const FUSE_MKDIR: u32 = 9;
+    const FUSE_INIT: u32 = 26;
+
+    /// A device over a fresh directory holding `hello.txt`, activated on mock queues.
+    struct Bench {
+        mem: GuestMemoryMmap,
+        _fs: Fs,
+        /// The request queue's rings (a mock queue zeroes them when made: made once).
+        avail: GuestAddress,
+        used: GuestAddress,
+        interrupt: Arc<Interrupt>,
+        notify: Vec<Arc<EventFd>>,
+        used_seen: u16,
+        unique: u64,
+        dir: std::path::PathBuf,
+    }
+
+    impl Bench {
+        fn new(tag: &str, writable: bool) -> Self {
+            let dir = std::env::temp_dir().join(format!("ember-fs-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("hello.txt"), b"hello, guest\n").unwrap();
+            let mem =
+                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+            let share = Share::prepare(&dir, writable).unwrap();
+            let mut fs = Fs::new(tag, share, None, false).unwrap();
+            let hiprio = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+            let req = MockSplitQueue::new(&mem, 16);
+            let queues: Vec<Queue> =
+                vec![hiprio.create_queue().unwrap(), req.create_queue().unwrap()];
+            let (avail, used) = (req.avail_addr(), req.used_addr());
+            let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+            let notify: Vec<Arc<EventFd>> = (0..2)
+                .map(|_| Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()))
+                .collect();
+            fs.activate(Active {
+                mem: mem.clone(),
+                queues,
+                interrupt: interrupt.clone(),
+                features: 0,
+                log: Arc::new(LogLimit::new("virtio-fs test")),
+                queue_evts: notify.clone(),
+            });
+            Self {
+                mem,
+                _fs: fs,
+                avail,
+                used,
+                interrupt,
+                notify,
+                used_seen: 0,
+                unique: 1,
+                dir,
+            }
+        }
+
+        /// Sends one FUSE request (`opcode` on `nodeid`, then `body`) on the request queue;
+        /// returns the reply's error and body.
+        fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+            let len = 40 + body.len() as u32;
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&len.to_le_bytes());
+            msg.extend_from_slice(&opcode.to_le_bytes());
+            msg.extend_from_slice(&self.unique.to_le_bytes());
+            msg.extend_from_slice(&nodeid.to_le_bytes());
+            msg.extend_from_slice(&0u32.to_le_bytes()); // uid
+            msg.extend_from_slice(&0u32.to_le_bytes()); // gid
+            msg.extend_from_slice(&1u32.to_le_bytes()); // pid
+            msg.extend_from_slice(&[0u8; 4]); // total_extlen, padding
+            msg.extend_from_slice(body);
+            self.unique += 1;
+            self.mem.write_slice(&msg, GuestAddress(REQUEST)).unwrap();
+            self.mem.write_slice(&[0xffu8; 4096], GuestAddress(REPLY)).unwrap();
+            // Two descriptors at the next free slots of the table, then the chain's head on
+            // the available ring, as a driver does.
+            let slot = (self.used_seen % 8) * 2;
+            for (i, d) in [
+                SplitDescriptor::new(REQUEST, msg.len() as u32, 1, slot + 1),
+                SplitDescriptor::new(REPLY, 4096, VRING_DESC_F_WRITE, 0),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let at = GuestAddress(16 * (u64::from(slot) + i as u64));
+                self.mem.write_obj(RawDescriptor::from(d), at).unwrap();
+            }
+            let idx: u16 = self.mem.read_obj(self.avail.unchecked_add(2)).unwrap();
+            let entry = self.avail.unchecked_add(4 + 2 * u64::from(idx % 16));
+            self.mem.write_obj(slot, entry).unwrap();
+            self.mem
+                .write_obj(idx.wrapping_add(1), self.avail.unchecked_add(2))
+                .unwrap();
+            self.notify[1].write(1).unwrap();
+            self.wait_used();
+            let head: [u8; 16] = self.mem.read_obj(GuestAddress(REPLY)).unwrap();
+            let out_len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+            let error = i32::from_le_bytes(head[4..8].try_into().unwrap());
+            let mut reply = vec![0u8; out_len.saturating_sub(16)];
+            self.mem
+                .read_slice(&mut reply, GuestAddress(REPLY + 16))
+                .unwrap();
+            (error, reply)
+        }
+
+        fn wait_used(&mut self) {
+            let start = Instant::now();
+            loop {
+                let idx: u16 = self.mem.read_obj(self.used.unchecked_add(2)).unwrap();
+                if idx != self.used_seen {
+                    self.used_seen = idx;
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the device answered nothing"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    impl Drop for Bench {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn init_body() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u32.to_le_bytes()); // major
+        b.extend_from_slice(&38u32.to_le_bytes()); // minor
+        b.extend_from_slice(&(128u32 << 10).to_le_bytes()); // max_readahead
+        b.extend_from_slice(&[0u8; 4 + 4 + 44]); // flags, flags2, unused
+        b
+    }
+
+    #[test]
+    fn a_driver_gets_init_lookup_and_a_read_only_refusal() {
+        let mut b = Bench::new("ro", false);
+        let (error, reply) = b.request(FUSE_INIT, 0, &init_body());
+        assert_eq!(error, 0);
+        assert_eq!(u32::from_le_bytes(reply[..4].try_into().unwrap()), 7, "FUSE major");
+        // LOOKUP "hello.txt" in the root: its attributes, its size.
+        let (error, reply) = b.request(FUSE_LOOKUP, 1, b"hello.txt\0");
+        assert_eq!(error, 0);
+        // fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs (40
+        // bytes), then fuse_attr: ino, size.
+        let size = u64::from_le_bytes(reply[48..56].try_into().unwrap());
+        assert_eq!(size, 13);
+        let (error, _) = b.request(FUSE_LOOKUP, 1, b"missing\0");
+        assert_eq!(error, -libc::ENOENT);
+        // MKDIR on a read-only share: refused by the policy, nothing made on the host.
+        let mut mkdir = Vec::new();
+        mkdir.extend_from_slice(&0o755u32.to_le_bytes());
+        mkdir.extend_from_slice(&0u32.to_le_bytes());
+        mkdir.extend_from_slice(b"newdir\0");
+        let (error, _) = b.request(FUSE_MKDIR, 1, &mkdir);
+        assert_eq!(error, -libc::EROFS);
+        assert!(!b.dir.join("newdir").exists());
+        // The used ring's interrupt was raised.
+        assert_ne!(b.interrupt.status() & crate::devices::virtio::INT_VRING, 0);
+    }
+
+    #[test]
+    fn a_writable_share_makes_directories_on_the_host() {
+        let mut b = Bench::new("rw", true);
+        assert_eq!(b.request(FUSE_INIT, 0, &init_body()).0, 0);
+        let mut mkdir = Vec::new();
+        mkdir.extend_from_slice(&0o755u32.to_le_bytes());
+        mkdir.extend_from_slice(&0u32.to_le_bytes());
+        mkdir.extend_from_slice(b"made-by-the-guest\0");
+        assert_eq!(b.request(FUSE_MKDIR, 1, &mkdir).0, 0);
+        assert!(b.dir.join("made-by-the-guest").is_dir());
+    }
+
+    #[test]
+    fn a_broken_queue_stops_the_device_and_asks_for_a_reset() {
+        let b = Bench::new("broken", false);
+        b.mem.write_obj(0x8000u16, b.avail.unchecked_add(2)).unwrap();
+        b.notify[1].write(1).unwrap();
+        let start = Instant::now();
+        while !b.interrupt.needs_reset() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no reset asked for");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The configuration interrupt went out too.
+        assert_ne!(b.interrupt.status() & crate::devices::virtio::INT_CONFIG, 0);
+    }
+}

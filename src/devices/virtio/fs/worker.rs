@@ -32,7 +32,8 @@ enum Order {
 }
 
 struct Shared {
-    order: Mutex<Order>,
+    /// The order not yet taken, if any.
+    order: Mutex<Option<Order>>,
     /// Whether the thread serves queues right now.
     serving: Mutex<bool>,
     changed: Condvar,
@@ -56,7 +57,7 @@ impl Worker {
         filtered: bool,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            order: Mutex::new(Order::Idle),
+            order: Mutex::new(None),
             serving: Mutex::new(false),
             changed: Condvar::new(),
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -70,6 +71,12 @@ impl Worker {
             // std's hash maps take their keys from getrandom on a thread's first map, which
             // the file system makes while it serves: take them before the filter.
             let _keys = std::collections::HashMap::<u8, u8>::new();
+            // A file-system context of its own: the file system sets the umask to 0 at the
+            // guest's FUSE_INIT, which must not change the umask of ember's other threads.
+            // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd, root and umask.
+            if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                log::debug!("virtio-fs: unshare(CLONE_FS): {}", std::io::Error::last_os_error());
+            }
             if filtered {
                 let installed =
                     seccomp::filter(Role::Fs).and_then(|f| seccomp::apply(&f, Role::Fs));
@@ -89,7 +96,7 @@ impl Worker {
     }
 
     fn order(&self, order: Order) {
-        *lock(&self.shared.order) = order;
+        *lock(&self.shared.order) = Some(order);
         let _ = self.shared.wake.write(1);
     }
 
@@ -139,14 +146,14 @@ fn wait(fds: &[i32]) -> Vec<bool> {
 fn run(shared: &Shared, share: &Share) {
     let server = Server::new(share.fs.clone());
     loop {
-        let order = std::mem::replace(&mut *lock(&shared.order), Order::Idle);
+        let order = lock(&shared.order).take();
         match order {
-            Order::Exit => return,
-            Order::Idle => {
+            Some(Order::Exit) => return,
+            None | Some(Order::Idle) => {
                 let _ = wait(&[shared.wake.as_raw_fd()]);
                 let _ = shared.wake.read();
             }
-            Order::Serve(active) => {
+            Some(Order::Serve(active)) => {
                 *lock(&shared.serving) = true;
                 serve(shared, &server, *active);
                 *lock(&shared.serving) = false;
@@ -190,9 +197,13 @@ fn serve(shared: &Shared, server: &Server<Arc<SharedFs>>, active: Active) {
     loop {
         let ready = wait(&fds);
         if ready.first() == Some(&true) {
-            // A new order (idle, serve again, exit) ends this service; `run` takes it.
             let _ = shared.wake.read();
-            return;
+            // A new order (idle, serve again, exit) ends this service; `run` takes it. (A
+            // wake-up for the order that started it finds none.)
+            if lock(&shared.order).is_some() {
+                return;
+            }
+            continue;
         }
         for q in 0..s.queues.len() {
             if ready.get(q + 1) != Some(&true) {
