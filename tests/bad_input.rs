@@ -837,11 +837,7 @@ fn a_program_run_refuses_bad_input_before_anything_starts() {
             126,
             vec!["not-executable.sh", "not an executable file"],
         ),
-        (
-            vec!["--", "/"],
-            126,
-            vec!["is a directory"],
-        ),
+        (vec!["--", "/"], 126, vec!["is a directory"]),
         (
             vec!["--user", "no-such-user-ember", "--", "true"],
             BAD_INPUT,

@@ -34,5 +34,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(fs) = Fs::new("fuzz", share, None, false) else {
         return;
     };
-    common::drive_and_wait(fs, 2, data, 1, Duration::from_millis(20));
+    common::drive_and_wait(fs, 2, data, 1, Duration::from_millis(5));
 });

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(_service) = UnixListener::bind(&service) else {
         return;
     };
-    let Ok(vsock) = Vsock::new(3, &uds) else {
+    let Ok(vsock) = Vsock::new(3, Some(&uds), None) else {
         return;
     };
     if let Ok(mut client) = UnixStream::connect(&uds) {

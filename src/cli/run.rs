@@ -300,7 +300,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             .with_teardown_deferred(run.teardown_deferred)
             .with_dropped(run.console_dropped.0, &suppressed)
             .with_shares_setup(
-                (!run.share_setup.is_zero()).then(|| run.share_setup.as_nanos() as u64),
+                (!run.share_setup.is_zero()).then_some(run.share_setup.as_nanos() as u64),
             );
         out.write(&r)?;
     }

@@ -42,9 +42,12 @@ pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// The first whole frame in `buf`, if there is one: `Ok(Some((kind, payload, frame length)))`;
-/// `Err` for a length no frame may have (the guest broke the protocol).
-pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, usize> {
+/// A frame read: its type, its payload, and its whole length in the buffer.
+pub type Frame<'a> = (u8, &'a [u8], usize);
+
+/// The first whole frame in `buf`, if there is one; `Err` with the length for a length no
+/// frame may have (the guest broke the protocol).
+pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, usize> {
     let Some(head) = buf.get(..HEADER) else {
         return Ok(None);
     };

@@ -244,7 +244,7 @@ impl VmConfig {
             ));
         }
         for e in &p.env {
-            if e.contains('\0') || !e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+            if e.contains('\0') || e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
                 return Err(invalid(
                     field("process.env", &format!("{e:?}")),
                     "not NAME=VALUE (without NUL bytes)",

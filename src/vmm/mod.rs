@@ -301,6 +301,9 @@ impl VmHandle {
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
+/// A `process`'s channel session and what it records.
+type ProcessSession = (Arc<Mutex<Session>>, Arc<Mutex<CommandResult>>);
+
 /// A built VM, ready to run.
 pub struct Vmm {
     // Field order is drop order: vCPU fds and the devices (the IOAPIC holds the VM, to set its
@@ -320,7 +323,7 @@ pub struct Vmm {
     exit: Arc<ExitSignal>,
     console: Arc<Mutex<ConsoleWatch>>,
     guest_logs: GuestLogs,
-    session: Option<(Arc<Mutex<Session>>, Arc<Mutex<CommandResult>>)>,
+    session: Option<ProcessSession>,
     share_setup: Duration,
     timeout: Option<Duration>,
     measure_guest_memory: bool,

@@ -31,12 +31,14 @@ fn w<D: VirtioDevice>(t: &mut MmioTransport<D>, off: u64, v: u32) {
 /// Brings `device` up with `queues` queues, writes `data` over guest memory (from address 0;
 /// the queue registers stay where the driver put them), and notifies each queue named by the
 /// first byte's bits, then runs the event loop `rounds` times without waiting.
+#[allow(dead_code)] // each target uses one of the two
 pub fn drive<D: VirtioDevice + 'static>(device: D, queues: u32, data: &[u8], rounds: usize) {
     drive_and_wait(device, queues, data, rounds, std::time::Duration::ZERO);
 }
 
 /// [`drive`], then waits up to `settle` for the device's interrupt: for a device that serves
 /// its queues on a thread of its own (virtio-fs), which answers after `drive` returns.
+#[allow(dead_code)] // each target uses one of the two
 pub fn drive_and_wait<D: VirtioDevice + 'static>(
     device: D,
     queues: u32,

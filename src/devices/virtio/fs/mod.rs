@@ -119,9 +119,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use virtio_queue::Queue;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -156,8 +156,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("hello.txt"), b"hello, guest\n").unwrap();
-            let mem =
-                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
             let share = Share::prepare(&dir, writable).unwrap();
             let mut fs = Fs::new(tag, share, None, false).unwrap();
             let hiprio = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
@@ -206,7 +205,9 @@ mod tests {
             msg.extend_from_slice(body);
             self.unique += 1;
             self.mem.write_slice(&msg, GuestAddress(REQUEST)).unwrap();
-            self.mem.write_slice(&[0xffu8; 4096], GuestAddress(REPLY)).unwrap();
+            self.mem
+                .write_slice(&[0xffu8; 4096], GuestAddress(REPLY))
+                .unwrap();
             // Two descriptors at the next free slots of the table, then the chain's head on
             // the available ring, as a driver does.
             let slot = (self.used_seen % 8) * 2;
@@ -275,7 +276,11 @@ mod tests {
         let mut b = Bench::new("ro", false);
         let (error, reply) = b.request(FUSE_INIT, 0, &init_body());
         assert_eq!(error, 0);
-        assert_eq!(u32::from_le_bytes(reply[..4].try_into().unwrap()), 7, "FUSE major");
+        assert_eq!(
+            u32::from_le_bytes(reply[..4].try_into().unwrap()),
+            7,
+            "FUSE major"
+        );
         // LOOKUP "hello.txt" in the root: its attributes, its size.
         let (error, reply) = b.request(FUSE_LOOKUP, 1, b"hello.txt\0");
         assert_eq!(error, 0);
@@ -312,11 +317,16 @@ mod tests {
     #[test]
     fn a_broken_queue_stops_the_device_and_asks_for_a_reset() {
         let b = Bench::new("broken", false);
-        b.mem.write_obj(0x8000u16, b.avail.unchecked_add(2)).unwrap();
+        b.mem
+            .write_obj(0x8000u16, b.avail.unchecked_add(2))
+            .unwrap();
         b.notify[1].write(1).unwrap();
         let start = Instant::now();
         while !b.interrupt.needs_reset() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no reset asked for");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no reset asked for"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         // The configuration interrupt went out too.

@@ -75,7 +75,10 @@ impl Worker {
             // guest's FUSE_INIT, which must not change the umask of ember's other threads.
             // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd, root and umask.
             if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-                log::debug!("virtio-fs: unshare(CLONE_FS): {}", std::io::Error::last_os_error());
+                log::debug!(
+                    "virtio-fs: unshare(CLONE_FS): {}",
+                    std::io::Error::last_os_error()
+                );
             }
             if filtered {
                 let installed =
