@@ -40,6 +40,17 @@ fn wait_past(count: &AtomicUsize, above: usize, limit: Duration) {
     }
 }
 
+/// Stops the VM when dropped while its thread panics.
+struct StopIfPanicking(ember::vmm::VmHandle);
+
+impl Drop for StopIfPanicking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop(libc::SIGTERM);
+        }
+    }
+}
+
 #[test]
 fn a_running_guest_pauses_resumes_and_stops() {
     let (vm, mut runtime) = tiny_vm("tick", Seccomp::VcpuThreads, false);
@@ -49,6 +60,9 @@ fn a_running_guest_pauses_resumes_and_stops() {
     let handle = vmm.handle();
     let count2 = count.clone();
     let driver = std::thread::spawn(move || {
+        // A driver that fails must end the test, not leave `run` waiting forever: its
+        // unwinding stops the VM.
+        let _stop = StopIfPanicking(handle.clone());
         let limit = Duration::from_secs(20);
         wait_past(&count2, 0, limit);
         for round in 0..20 {

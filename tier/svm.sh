@@ -193,6 +193,7 @@ if [ "$mode" = test ]; then
   # Build here (never cargo in L1: everything there is emulated), then find the binary.
   say "building the tests (cargo test --release --no-run)"
   bin=$(cd "$repo" && cargo test --release --no-run --test linux --message-format=json 2>/dev/null \
+    | grep -F '"kind":["test"],"crate_types":["bin"],"name":"linux"' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
   [ -x "$bin" ] || { say "cannot build the linux test binary: run cargo test --release --no-run --test linux"; exit 1; }
   # One test per test-binary run, each finished one recorded in done: if L1 wedges, a second

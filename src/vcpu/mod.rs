@@ -347,7 +347,12 @@ impl VcpuThreads {
                 timeline,
             } = *theirs.wait()?;
             seccomp::self_test(Role::Vcpu, filtered);
-            if vcpu.control.started() == RunState::Running {
+            // A pause asked for before the thread got here has set immediate_exit: the first
+            // KVM_RUN returns at once and the run loop parks, so the pause is answered.
+            if !matches!(
+                vcpu.control.started(),
+                RunState::StopRequested | RunState::Stopped
+            ) {
                 if id == 0 {
                     timeline.mark(Phase::FirstKvmRun);
                 }
