@@ -3,6 +3,9 @@
 # linux-source-6.1, cached by a hash of everything that shapes it, so a second run is instant.
 #
 #   kernels/build.sh            build (or reuse) and point ~/.cache/ember/{vmlinux,bzImage} at it
+#   kernels/build.sh FRAGMENT   the same with FRAGMENT (e.g. kernels/peers.config) merged in
+#                               too; linked as ~/.cache/ember/{vmlinux,bzImage}-NAME (NAME: the
+#                               fragment's file name less .config), the default left as it is
 #   EMBER_CACHE_DIR=DIR         where builds are cached (default: ~/.cache/ember)
 #   EMBER_KERNEL_JOBS=N         make -j (default: nproc)
 set -euo pipefail
@@ -13,6 +16,14 @@ jobs=${EMBER_KERNEL_JOBS:-$(nproc)}
 tarball=/usr/src/linux-source-6.1.tar.xz
 
 say() { printf 'kernels/build.sh: %s\n' "$*" >&2; }
+
+fragments=("$here/microvm.config" "$here/ember-run.config")
+suffix=
+for f in "$@"; do
+  [ -f "$f" ] || { say "no such configuration fragment: $f"; exit 2; }
+  fragments+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")")
+  suffix="$suffix-$(basename "$f" .config)"
+done
 
 need_pkgs=()
 [ -f "$tarball" ] || need_pkgs+=(linux-source-6.1)
@@ -34,16 +45,16 @@ fi
 # Everything that changes the output goes into the key: the source package, the config
 # fragment, the patches and this script.
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$tarball")
-key=$( { echo "$src_version"; cat "$here/microvm.config" "$here/ember-run.config" "$0"; cat "$here"/patches/*.patch 2>/dev/null || true; } \
+key=$( { echo "$src_version"; cat "${fragments[@]}" "$0"; cat "$here"/patches/*.patch 2>/dev/null || true; } \
   | sha256sum | cut -c1-16)
 out="$cache/kernel-6.1-$key"
 
 link_default() {
-  ln -sfn "$out/vmlinux" "$cache/vmlinux"
-  ln -sfn "$out/bzImage" "$cache/bzImage"
+  ln -sfn "$out/vmlinux" "$cache/vmlinux$suffix"
+  ln -sfn "$out/bzImage" "$cache/bzImage$suffix"
   say "vmlinux: $out/vmlinux ($(stat -c %s "$out/vmlinux") bytes)"
   say "bzImage: $out/bzImage ($(stat -c %s "$out/bzImage") bytes)"
-  say "default kernel: $cache/vmlinux"
+  if [ -z "$suffix" ]; then say "default kernel: $cache/vmlinux"; else say "linked as $cache/{vmlinux,bzImage}$suffix"; fi
 }
 
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
@@ -65,9 +76,9 @@ for p in "$here"/patches/*.patch; do
   patch -p1 --quiet < "$p"
 done
 
-say "configuring: tinyconfig + kernels/microvm.config + kernels/ember-run.config"
+say "configuring: tinyconfig + ${fragments[*]##*/}"
 make -s tinyconfig >/dev/null
-scripts/kconfig/merge_config.sh -m -O . .config "$here/microvm.config" "$here/ember-run.config" >/dev/null
+scripts/kconfig/merge_config.sh -m -O . .config "${fragments[@]}" >/dev/null
 make -s olddefconfig >/dev/null
 # merge_config quietly drops options whose dependencies are missing: refuse to build those.
 missing=0
@@ -77,8 +88,8 @@ while IFS= read -r line; do
     say "config option did not stick: $line"
     missing=1
   fi
-done < <(cat "$here/microvm.config" "$here/ember-run.config")
-[ "$missing" -eq 0 ] || { say "fix kernels/microvm.config or kernels/ember-run.config"; exit 1; }
+done < <(cat "${fragments[@]}")
+[ "$missing" -eq 0 ] || { say "fix the fragment that asks for it: ${fragments[*]##*/}"; exit 1; }
 
 say "building vmlinux and bzImage with -j$jobs (several minutes on 2 cores)"
 start=$(date +%s)
