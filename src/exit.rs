@@ -2,7 +2,7 @@
 //! so the event loop wakes up. The first reason recorded wins.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -48,6 +48,10 @@ pub enum ExitReason {
     Escape,
     /// The guest was still running when `--timeout` expired.
     Timeout(std::time::Duration),
+    /// A snapshot was taken at the guest's "ready" and ember stops the VM there, as asked.
+    Snapshotted,
+    /// A snapshot was asked for and could not be taken; the VM stops.
+    SnapshotFailed(String),
 }
 
 /// How a VM run ended: what ember's exit code is made from.
@@ -84,16 +88,21 @@ pub fn classify(reason: ExitReason, panic: Option<String>, status: Option<u8>) -
             VmOutcome::GuestPanic(msg)
         }
         (ExitReason::TripleFault { cpu, rip }, None) => VmOutcome::TripleFault { cpu, rip },
-        (reason @ ExitReason::WorkloadExited, _) => VmOutcome::Stopped { reason, status },
+        (reason @ (ExitReason::WorkloadExited | ExitReason::Snapshotted), _) => {
+            VmOutcome::Stopped { reason, status }
+        }
         (reason @ (ExitReason::Reset | ExitReason::PowerOff), None) => {
             VmOutcome::Stopped { reason, status }
         }
         (reason @ (ExitReason::Signal(_) | ExitReason::Escape | ExitReason::Timeout(_)), _) => {
             VmOutcome::Interrupted(reason)
         }
-        (reason @ (ExitReason::InternalError { .. } | ExitReason::VcpuFailed { .. }), _) => {
-            VmOutcome::Failed(reason)
-        }
+        (
+            reason @ (ExitReason::InternalError { .. }
+            | ExitReason::VcpuFailed { .. }
+            | ExitReason::SnapshotFailed(_)),
+            _,
+        ) => VmOutcome::Failed(reason),
     }
 }
 
@@ -104,6 +113,15 @@ pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     stopping: AtomicBool,
     guest_status: AtomicI32,
+    /// The guest said "ready" (or a caller asked): the event loop takes a snapshot.
+    snapshot_asked: AtomicBool,
+    /// A snapshot will be taken at the guest's first "ready" (and only then).
+    snapshot_armed: AtomicBool,
+    /// How many "ready"s a snapshot was taken for (0 or 1): vCPU threads compare it across an
+    /// exit to pause themselves at once.
+    ready_seq: AtomicU64,
+    /// A snapshot was written.
+    snapshot_written: AtomicBool,
 }
 
 /// Errors creating the exit eventfd.
@@ -120,6 +138,10 @@ impl ExitSignal {
             reason: Mutex::new(None),
             stopping: AtomicBool::new(false),
             guest_status: AtomicI32::new(-1),
+            snapshot_asked: AtomicBool::new(false),
+            snapshot_armed: AtomicBool::new(false),
+            ready_seq: AtomicU64::new(0),
+            snapshot_written: AtomicBool::new(false),
         })
     }
 
@@ -156,6 +178,43 @@ impl ExitSignal {
     pub fn set_guest_status(&self, status: u8) {
         self.timeline.mark(Phase::WorkloadEnd);
         self.guest_status.store(i32::from(status), Ordering::SeqCst);
+    }
+
+    /// Makes the guest's first "ready" ask for a snapshot.
+    pub fn arm_snapshot(&self) {
+        self.snapshot_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The guest said "ready": when armed (once), asks the event loop for a snapshot and
+    /// wakes it; the vCPU threads see [`ExitSignal::ready_seq`] move and pause.
+    pub fn request_snapshot(&self) {
+        if !self.snapshot_armed.swap(false, Ordering::SeqCst) {
+            log::debug!("the guest said ready; no snapshot was asked for");
+            return;
+        }
+        self.ready_seq.fetch_add(1, Ordering::SeqCst);
+        self.snapshot_asked.store(true, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+
+    /// Records that the snapshot was written.
+    pub fn snapshot_written(&self) {
+        self.snapshot_written.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a snapshot was written.
+    pub fn has_snapshot(&self) -> bool {
+        self.snapshot_written.load(Ordering::SeqCst)
+    }
+
+    /// How many "ready"s asked for a snapshot so far.
+    pub fn ready_seq(&self) -> u64 {
+        self.ready_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether a snapshot was asked for since the last call.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_asked.swap(false, Ordering::SeqCst)
     }
 
     /// The workload status the guest reported, if it did.

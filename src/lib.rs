@@ -18,6 +18,7 @@ pub mod placement;
 pub mod resolve;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod sync;
 pub mod terminal;
 pub mod timing;

@@ -64,7 +64,17 @@ fn main() -> ExitCode {
             // One line, like every other ember error: clap's first line names the flag and
             // the value; its usage block would only push that off the screen.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
+            // A missing argument is named on the lines under the first: one line with them.
+            let joined = match e.kind() {
+                clap::error::ErrorKind::MissingRequiredArgument => text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => text.lines().next().unwrap_or_default().to_string(),
+            };
+            let first = joined.as_str();
             let first = first.strip_prefix("error: ").unwrap_or(first);
             let first = match e.kind() {
                 // clap's message names no argument: say which one.

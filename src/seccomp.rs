@@ -19,8 +19,41 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+/// `_IO(KVMIO, nr)`.
+const fn kvm_io(nr: u64) -> u64 {
+    (0xae << 8) | nr
+}
+/// `_IOR(KVMIO, nr, T)`: KVM writes a `T` of `size` bytes.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | kvm_io(nr)
+}
+/// `_IOWR(KVMIO, nr, T)`.
+const fn kvm_iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | kvm_io(nr)
+}
+
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// What a paused vCPU's thread reads to save its state into a snapshot
+/// (`vcpu::state::VcpuState::save`): reads only, of its own vCPU.
+const KVM_VCPU_SAVE: [u64; 10] = {
+    use kvm_bindings as k;
+    use std::mem::size_of;
+    [
+        kvm_ior(0x98, size_of::<k::kvm_mp_state>()), // KVM_GET_MP_STATE
+        kvm_ior(0x83, size_of::<k::kvm_sregs>()),    // KVM_GET_SREGS
+        kvm_ior(0xa4, size_of::<k::kvm_xsave>()),    // KVM_GET_XSAVE
+        kvm_ior(0xa6, size_of::<k::kvm_xcrs>()),     // KVM_GET_XCRS
+        kvm_ior(0xa1, size_of::<k::kvm_debugregs>()), // KVM_GET_DEBUGREGS
+        kvm_ior(0x8e, size_of::<k::kvm_lapic_state>()), // KVM_GET_LAPIC
+        kvm_io(0xa3),                                // KVM_GET_TSC_KHZ
+        kvm_iowr(0x88, size_of::<k::kvm_msrs>()),    // KVM_GET_MSRS
+        kvm_iowr(0x91, size_of::<k::kvm_cpuid2>()),  // KVM_GET_CPUID2
+        kvm_ior(0x9f, size_of::<k::kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+    ]
+};
+/// `KVM_GET_CLOCK`: the VM's kvmclock, read by the VMM thread for a snapshot.
+const KVM_GET_CLOCK: u64 = kvm_ior(0x7c, std::mem::size_of::<kvm_bindings::kvm_clock_data>());
 /// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`, read to report an internal error.
 const KVM_GET_REGS: u64 = 0x8090_ae81;
 /// `KVM_SET_GSI_ROUTING`: `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`, made by the IOAPIC when
@@ -253,7 +286,12 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
     (
         libc::SYS_unlink,
         "unlink",
-        "removing the vsock socket file when the VM ends",
+        "removing the vsock socket file when the VM ends, and a snapshot's empty files when none was written",
+    ),
+    (
+        libc::SYS_rmdir,
+        "rmdir",
+        "removing the --snapshot-on-ready directory ember made when no snapshot was written",
     ),
     (
         libc::SYS_clone,
@@ -389,12 +427,17 @@ fn ioctls(role: Role) -> Vec<(Option<u64>, u64)> {
     let stdin = libc::STDIN_FILENO as u64;
     // glibc's tcsetattr reads the settings (TCGETS) before it writes them (TCSETS).
     let mut list = vec![(Some(stdin), libc::TCGETS), (Some(stdin), libc::TCSETS)];
-    if role == Role::Vcpu {
-        list.extend([
-            (None, KVM_RUN),
-            (None, KVM_GET_REGS),
-            (None, KVM_SET_GSI_ROUTING),
-        ]);
+    match role {
+        Role::Vcpu => {
+            list.extend([
+                (None, KVM_RUN),
+                (None, KVM_GET_REGS),
+                (None, KVM_SET_GSI_ROUTING),
+            ]);
+            list.extend(KVM_VCPU_SAVE.iter().map(|&r| (None, r)));
+        }
+        Role::Vmm => list.push((None, KVM_GET_CLOCK)),
+        Role::Fs => {}
     }
     list
 }
@@ -825,6 +868,31 @@ mod tests {
         let mut fs: Vec<String> = FS_SYSCALLS.iter().map(|a| a.1.into()).collect();
         fs.sort();
         assert_eq!(table_names(doc, "**A virtio-fs thread**"), fs);
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers_are_the_kernels() {
+        // The values <linux/kvm.h> gives on x86_64.
+        assert_eq!(
+            kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>()),
+            KVM_GET_REGS
+        );
+        assert_eq!(
+            KVM_VCPU_SAVE,
+            [
+                0x8004_ae98,
+                0x8138_ae83,
+                0x9000_aea4,
+                0x8188_aea6,
+                0x8080_aea1,
+                0x8400_ae8e,
+                0xaea3,
+                0xc008_ae88,
+                0xc008_ae91,
+                0x8040_ae9f,
+            ]
+        );
+        assert_eq!(KVM_GET_CLOCK, 0x8030_ae7c);
     }
 
     #[test]

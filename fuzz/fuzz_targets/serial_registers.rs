@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         Default::default(),
         exit.clone(),
     );
-    let Ok((mut serial, _drained)) = SerialDevice::new(irq, out) else {
+    let Ok((mut serial, _drained)) = SerialDevice::new(irq, out, None) else {
         return;
     };
     let mut i8042 = I8042::new(exit);

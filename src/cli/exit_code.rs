@@ -18,6 +18,15 @@ pub struct RunFacts {
 }
 
 impl RunFacts {
+    /// The facts of a restored VM: no program, no default timeout.
+    pub fn restored() -> Self {
+        Self {
+            exec: None,
+            program: None,
+            timeout_is_default: false,
+        }
+    }
+
     /// The facts of `vm`.
     pub fn of(vm: &ResolvedVm) -> Self {
         Self {
@@ -52,6 +61,8 @@ pub const TIMEOUT: u8 = 10;
 pub const MISSING_DRIVER: u8 = 11;
 /// A program run: the guest's init could not set the run up (a mount failed).
 pub const GUEST_SETUP: u8 = 12;
+/// `--snapshot-on-ready`: the guest stopped before it said ready; no snapshot was written.
+pub const NOT_READY: u8 = 13;
 /// A program run: the program cannot be run (as a shell says: not executable).
 pub const PROGRAM_NOT_EXECUTABLE: u8 = 126;
 /// A program run: the program is not found (as a shell says: command not found).
@@ -116,6 +127,10 @@ pub fn for_outcome(
         VmOutcome::Failed(ExitReason::VcpuFailed { cpu, what }) => {
             fail(VCPU_FAILED, format!("vCPU {cpu} stopped: {what}"))
         }
+        VmOutcome::Failed(ExitReason::SnapshotFailed(what)) => fail(
+            HOST_ERROR,
+            format!("--snapshot-on-ready: {what}; the VM was shut down"),
+        ),
         VmOutcome::Failed(other) => fail(VCPU_FAILED, format!("the VM failed: {other:?}")),
         VmOutcome::Interrupted(ExitReason::Signal(sig)) => fail(
             SIGNAL_BASE + *sig as u8,

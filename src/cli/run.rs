@@ -12,10 +12,11 @@ use ember::kvm::HostFlavour;
 use ember::placement::Placement;
 use ember::resolve;
 use ember::seccomp::Seccomp;
+use ember::snapshot::{self, SnapshotFiles};
 use ember::terminal;
 use ember::timing::report::{self, Report};
 use ember::timing::{Phase, Timeline, process_start};
-use ember::vmm::{CpuidRead, Runtime, Teardown, Vmm};
+use ember::vmm::{CpuidRead, Runtime, SnapshotOnReady, Teardown, Vmm};
 
 use super::process::ConsoleTail;
 use super::{Failure, exit_code};
@@ -91,6 +92,21 @@ pub struct RunArgs {
     /// the exit status comes that much sooner; `inline` before ember exits.
     #[arg(long, value_name = "deferred|inline", default_value = "deferred", value_parser = parse_teardown)]
     teardown: Teardown,
+    /// When the guest says "ready" (the byte 124 on port 0x3f0), snapshot the VM into DIR (a
+    /// state file and a memory file) and stop it; `ember run --restore DIR` continues it.
+    #[arg(long, value_name = "DIR")]
+    snapshot_on_ready: Option<PathBuf>,
+    /// With --snapshot-on-ready: let the VM run on after the snapshot instead of stopping it.
+    #[arg(long, requires = "snapshot_on_ready")]
+    continue_after_snapshot: bool,
+    /// Continue the VM snapshotted in DIR (by --snapshot-on-ready) instead of booting one: in
+    /// this new process, with its memory mapped copy-on-write from DIR/memory.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "config", "print_config", "kernel", "initrd", "exec", "no_initrd", "cmdline", "vcpus",
+        "overcommit_vcpus", "mem_mib", "disk", "rootfs", "net", "vsock", "args",
+        "snapshot_on_ready",
+    ])]
+    restore: Option<PathBuf>,
     /// The program to run in the guest, from the host's files (or --root's), and its
     /// arguments: `ember run -- make check`. With --exec, the static program's arguments.
     #[arg(last = true, value_name = "PROG [ARGS]")]
@@ -210,6 +226,51 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // A program gets a terminal when ember has one both ways, as `docker run -it` would.
     // SAFETY: isatty has no preconditions.
     let terminal = terminal::stdin_is_tty() && unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+    let seccomp = if args.no_seccomp {
+        Seccomp::Off
+    } else {
+        Seccomp::AllThreads
+    };
+    if let Some(dir) = &args.restore {
+        let loaded = snapshot::load(dir).map_err(|e| Failure {
+            code: exit_code::BAD_INPUT,
+            message: format!("--restore: {e}"),
+        })?;
+        timeline.mark(Phase::ConfigParsed);
+        let tail = ConsoleTail::new(false);
+        let runtime = Runtime {
+            console_out: Box::new(FdWriter::stdout()),
+            console_in: Some(libc::STDIN_FILENO),
+            console_in_is_tty: terminal::stdin_is_tty(),
+            timeline: timeline.clone(),
+            measure_guest_memory: timings.is_some(),
+            seccomp,
+            teardown: args.teardown,
+            cpuid,
+            process_io: None,
+            snapshot_on_ready: None,
+        };
+        let mut vmm = Vmm::restore(loaded, runtime).map_err(|e| {
+            let mut f = Failure::from(e);
+            f.message = format!("--restore {}: {}", dir.display(), f.message);
+            f
+        })?;
+        vmm.set_timeout(args.timeout.filter(|t| !t.is_zero()));
+        let facts = exit_code::RunFacts::restored();
+        return finish(
+            vmm,
+            false,
+            true,
+            &tail,
+            &facts,
+            HostFlavour::detect(),
+            Finish {
+                timeline,
+                timings,
+                started,
+            },
+        );
+    }
     let config = args.to_config(terminal)?;
     let flavour = HostFlavour::detect();
     let vm = resolve::resolve(&config, flavour)?;
@@ -240,24 +301,117 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         Box::new(FdWriter::stdout())
     };
+    let mut made_dir = false;
+    let snapshot_on_ready = match &args.snapshot_on_ready {
+        Some(dir) => {
+            if let Some(device) = vm.devices.first() {
+                return Err(Failure {
+                    code: exit_code::BAD_INPUT,
+                    message: format!(
+                        "--snapshot-on-ready: snapshots hold VMs without virtio devices so far, and this one has {}: leave it out",
+                        device.input
+                    ),
+                });
+            }
+            let files = SnapshotFiles::create(dir).map_err(|e| Failure {
+                code: exit_code::BAD_INPUT,
+                message: format!("--snapshot-on-ready: {e}"),
+            })?;
+            made_dir = files.made_dir;
+            Some(SnapshotOnReady {
+                files,
+                continue_after: args.continue_after_snapshot,
+            })
+        }
+        None => None,
+    };
     let runtime = Runtime {
         console_out,
         console_in: Some(libc::STDIN_FILENO),
         console_in_is_tty: terminal::stdin_is_tty(),
         timeline: timeline.clone(),
         measure_guest_memory: timings.is_some(),
-        seccomp: if args.no_seccomp {
-            Seccomp::Off
-        } else {
-            Seccomp::AllThreads
-        },
+        seccomp,
         teardown: args.teardown,
         cpuid,
         process_io: program.then(|| super::process::io(terminal)),
+        snapshot_on_ready,
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
     let vmm = Vmm::build(vm, runtime)?;
+    let handle = vmm.handle();
+    let code = finish(
+        vmm,
+        program,
+        terminal,
+        &tail,
+        &facts,
+        flavour,
+        Finish {
+            timeline,
+            timings,
+            started,
+        },
+    );
+    let Some(dir) = &args.snapshot_on_ready else {
+        return code;
+    };
+    if handle.snapshot_written() {
+        if code.is_ok() && !args.continue_after_snapshot {
+            super::stderr::write(
+                format!(
+                    "ember: snapshot written to {0}; continue it with: ember run --restore {0}\n",
+                    dir.display()
+                )
+                .as_bytes(),
+            );
+        }
+        return code;
+    }
+    // No snapshot: nothing of one is left behind (the VMM thread's filter allows unlink, and
+    // rmdir for this).
+    let _ = std::fs::remove_file(dir.join(snapshot::STATE_FILE));
+    let _ = std::fs::remove_file(dir.join(snapshot::MEMORY_FILE));
+    if made_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+    match code {
+        Ok(0) => Err(Failure {
+            code: exit_code::NOT_READY,
+            message: format!(
+                "--snapshot-on-ready {}: the guest stopped before it said ready (the byte 124 on I/O port 0x3f0); no snapshot was written",
+                dir.display()
+            ),
+        }),
+        other => other,
+    }
+}
+
+/// What [`finish`] reports with.
+struct Finish {
+    timeline: Arc<Timeline>,
+    timings: Option<TimingsOutput>,
+    started: Option<Option<process_start::ProcessStart>>,
+}
+
+/// Runs a built or restored VM to its end and makes the exit code: warnings for what the
+/// guest's logging and the console dropped, the program's status or the outcome's code, and
+/// the `--timings` report.
+fn finish(
+    vmm: Vmm,
+    program: bool,
+    terminal: bool,
+    tail: &ConsoleTail,
+    facts: &exit_code::RunFacts,
+    flavour: HostFlavour,
+    report_with: Finish,
+) -> Result<u8, Failure> {
+    let Finish {
+        timeline,
+        timings,
+        started,
+    } = report_with;
     // Raw mode for the console, or for a program on a terminal; a program without one
     // reads plain input, which the terminal edits and echoes as for any local program.
     if !program || terminal {
@@ -289,9 +443,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let _ = std::io::stdout().flush();
     let code = match (&run.command, &run.outcome, &facts.program) {
         (Some(result), ember::exit::VmOutcome::Stopped { .. }, Some(p)) => {
-            super::process::exit_for(result, run.init_failure.as_ref(), p, &tail)
+            super::process::exit_for(result, run.init_failure.as_ref(), p, tail)
         }
-        _ => exit_code::for_outcome(&run.outcome, &facts, flavour),
+        _ => exit_code::for_outcome(&run.outcome, facts, flavour),
     };
     if let (Some(out), Some(started)) = (timings, started) {
         timeline.mark(Phase::ProcessExit);

@@ -3,7 +3,8 @@
 //!
 //! The boot timer accepts both Firecracker conventions, so inits written for Firecracker work
 //! unchanged: the byte 123 written to I/O port 0x3f0, or to the MMIO byte at 0xc0000000.
-//! Port 0x3f1 is ember's own: the byte written is the `--exec` program's exit status.
+//! Port 0x3f1 is ember's own: the byte written is the `--exec` program's exit status; 124 on
+//! port 0x3f0 is ember's too: "ready", where `--snapshot-on-ready` snapshots the VM.
 
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ pub const BOOT_TIMER_PORT: u64 = 0x3f0;
 pub const BOOT_TIMER_PORT_LEN: u64 = 2;
 /// The value that means "userspace reached".
 pub const MAGIC_BOOT_COMPLETE: u8 = 123;
+/// ember's own value on the same port: "ready", the point where `--snapshot-on-ready` takes
+/// its snapshot (after boot, a service started, a cache warmed: the guest chooses).
+pub const MAGIC_READY: u8 = 124;
 
 /// The boot timer device; one instance sits on each bus.
 pub struct BootTimer {
@@ -42,6 +46,10 @@ impl BusDevice for BootTimer {
             0 if value == MAGIC_BOOT_COMPLETE && self.timeline.mark(Phase::UserspaceReached) => {
                 log::info!("guest boot complete: userspace reached");
             }
+            0 if value == MAGIC_READY => {
+                log::info!("guest says ready");
+                self.exit.request_snapshot();
+            }
             1 => self.exit.set_guest_status(value),
             _ => {}
         }
@@ -65,5 +73,17 @@ mod tests {
         assert_eq!(exit.guest_status(), Some(7));
         assert!(timeline.get(Phase::WorkloadEnd).is_some());
         t.write(5, &[]);
+        assert!(!exit.take_snapshot_request());
+        // "Ready" asks for a snapshot only when one was armed, and only once.
+        t.write(0, &[124]);
+        assert!(!exit.take_snapshot_request());
+        exit.arm_snapshot();
+        t.write(0, &[124]);
+        assert_eq!(exit.ready_seq(), 1);
+        assert!(exit.take_snapshot_request());
+        assert!(!exit.take_snapshot_request(), "asked once, taken once");
+        t.write(0, &[124]);
+        assert!(!exit.take_snapshot_request(), "a second ready asks nothing");
+        assert_eq!(exit.ready_seq(), 1);
     }
 }

@@ -105,7 +105,48 @@ pub struct Ioapic {
     refused: bool,
 }
 
+/// The IOAPIC's registers, for a snapshot: its id, the selected register, and every
+/// redirection entry (the remote IRR and delivery-status bits with them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoapicState {
+    /// The ID register.
+    pub id: u32,
+    /// IOREGSEL.
+    pub select: u8,
+    /// The redirection table.
+    pub entries: Vec<u64>,
+}
+
 impl Ioapic {
+    /// The registers, for a snapshot.
+    pub fn state(&self) -> IoapicState {
+        IoapicState {
+            id: self.id,
+            select: self.select,
+            entries: self.entries.to_vec(),
+        }
+    }
+
+    /// Takes a snapshot's registers and installs the routes they make. `Err` when the state
+    /// does not fit this IOAPIC (another pin count).
+    pub fn restore(&mut self, state: &IoapicState) -> Result<(), String> {
+        let entries: [u64; IOAPIC_PINS] = state.entries.as_slice().try_into().map_err(|_| {
+            format!(
+                "the IOAPIC has {} pins, the snapshot's {}",
+                IOAPIC_PINS,
+                state.entries.len()
+            )
+        })?;
+        self.id = state.id & ID_MASK;
+        self.select = state.select;
+        self.entries = entries;
+        self.update_routes();
+        if self.refused {
+            return Err("KVM refused the snapshot's interrupt routes".into());
+        }
+        Ok(())
+    }
+
     /// An IOAPIC at reset (every pin masked, so no routes) with APIC id `id`, the one the MP
     /// table and the MADT give it, that installs its routes in `routes`.
     pub fn new(id: u8, routes: Box<dyn RouteTable>) -> Self {
@@ -296,6 +337,25 @@ mod tests {
     fn program(io: &mut Ioapic, pin: u8, entry: u64) {
         write_reg(io, REG_REDIRECTION + 2 * pin + 1, (entry >> 32) as u32);
         write_reg(io, REG_REDIRECTION + 2 * pin, entry as u32);
+    }
+
+    #[test]
+    fn a_saved_state_restores_the_registers_and_the_routes() {
+        let (mut io, _) = ioapic();
+        write_reg(&mut io, REG_ID, 0x0500_0000);
+        program(&mut io, 4, (3 << 56) | 0x31);
+        let state = io.state();
+        let (mut fresh, rec) = ioapic();
+        fresh.restore(&state).unwrap();
+        assert_eq!(fresh.state(), state);
+        assert_eq!(read_reg(&mut fresh, REG_ID), 0x0500_0000);
+        let tables = rec.tables.lock().unwrap();
+        assert_eq!(tables.len(), 1, "the routes go in with the state");
+        assert_eq!(tables[0].len(), 1);
+        drop(tables);
+        let mut short = state.clone();
+        short.entries.pop();
+        assert!(fresh.restore(&short).unwrap_err().contains("pins"));
     }
 
     #[test]

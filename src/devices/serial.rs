@@ -5,7 +5,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState as UartState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -204,15 +205,93 @@ pub struct SerialDevice {
     pub uart: SerialUart,
 }
 
+/// The UART's registers and receive FIFO: vm-superio's `SerialState`, as plain serialisable
+/// data for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable.
+    pub interrupt_enable: u8,
+    /// Interrupt identification.
+    pub interrupt_identification: u8,
+    /// Line control.
+    pub line_control: u8,
+    /// Line status.
+    pub line_status: u8,
+    /// Modem control.
+    pub modem_control: u8,
+    /// Modem status.
+    pub modem_status: u8,
+    /// Scratch.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialState> for UartState {
+    fn from(s: &SerialState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 impl SerialDevice {
-    /// A UART raising `irq` and writing to `out`.
-    pub fn new(irq: EventFd, out: ConsoleOut) -> std::io::Result<(Self, EventFd)> {
+    /// A UART raising `irq` and writing to `out`; with `state`, the one a snapshot saved
+    /// (its pending interrupt raised again). Also returns the eventfd written when the guest
+    /// drains the receive FIFO.
+    pub fn new(
+        irq: EventFd,
+        out: ConsoleOut,
+        state: Option<&SerialState>,
+    ) -> std::io::Result<(Self, EventFd)> {
         let fifo_drained = EventFd::new(EFD_NONBLOCK)?;
         let events = InputEvents {
             fifo_drained: fifo_drained.try_clone()?,
         };
-        let uart = Serial::with_events(EventFdTrigger(irq), events, out);
+        let uart = match state {
+            None => Serial::with_events(EventFdTrigger(irq), events, out),
+            Some(s) => {
+                Serial::from_state(&s.into(), EventFdTrigger(irq), events, out).map_err(|e| {
+                    std::io::Error::other(format!("the snapshot's serial state: {e:?}"))
+                })?
+            }
+        };
         Ok((Self { uart }, fifo_drained))
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.uart.state().into()
     }
 }
 
@@ -283,7 +362,7 @@ mod tests {
             exit(),
         );
         let (mut dev, _drained) =
-            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out, None).unwrap();
         dev.write(0, b"h");
         dev.write(0, b"i");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");
@@ -308,7 +387,7 @@ mod tests {
             exit(),
         );
         let (mut dev, _drained) =
-            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out, None).unwrap();
         let mut x: u64 = 0x1234_5678_9abc_def1;
         for _ in 0..200_000 {
             x ^= x << 13;

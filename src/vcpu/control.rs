@@ -4,10 +4,11 @@
 //! once (so one already running returns with EINTR). No request is ever repeated, and nothing
 //! waits by sleeping: pause and stop wait on a condition variable for the thread's answer.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuFd;
 
 use crate::signals::kick_signal;
 use crate::sync::lock;
@@ -37,10 +38,26 @@ struct RunPage(*mut kvm_run);
 // pointer is dropped (set to None under the lock) before the vCPU fd can be closed.
 unsafe impl Send for RunPage {}
 
+/// Work a paused vCPU's thread does with its own fd (saving or setting its state): KVM's vCPU
+/// ioctls belong to the thread that runs the vCPU.
+pub type Task = Box<dyn FnOnce(&VcpuFd) + Send>;
+
+/// What the vCPU thread does after an interrupted KVM_RUN.
+pub(super) enum Decision {
+    /// Enter the guest again.
+    Run,
+    /// Leave the run loop.
+    Stop,
+    /// Do this while paused, then ask again.
+    Serve(Task),
+}
+
 struct Inner {
     state: RunState,
     thread: Option<libc::pthread_t>,
     run_page: Option<RunPage>,
+    /// A task for the paused thread, not yet taken.
+    task: Option<Task>,
 }
 
 /// Shared between a vCPU thread and whoever controls it.
@@ -59,6 +76,7 @@ impl VcpuControl {
                 state: RunState::Created,
                 thread: None,
                 run_page: Some(RunPage(run_page)),
+                task: None,
             }),
             changed: Condvar::new(),
         }
@@ -86,8 +104,8 @@ impl VcpuControl {
     }
 
     /// Called by the vCPU thread after an exit that needs a decision (EINTR): clears
-    /// `immediate_exit`, parks while paused, and says whether to go on running.
-    pub(super) fn after_interrupt(&self) -> bool {
+    /// `immediate_exit`, parks while paused (serving tasks), and says what to do next.
+    pub(super) fn after_interrupt(&self) -> Decision {
         let mut inner = lock(&self.inner);
         loop {
             if let Some(page) = &inner.run_page {
@@ -95,20 +113,59 @@ impl VcpuControl {
                 unsafe { std::ptr::addr_of_mut!((*page.0).immediate_exit).write_volatile(0) };
             }
             match inner.state {
-                RunState::StopRequested | RunState::Stopped => return false,
+                RunState::StopRequested | RunState::Stopped => return Decision::Stop,
                 RunState::PauseRequested | RunState::Paused => {
                     if inner.state == RunState::PauseRequested {
                         inner.state = RunState::Paused;
                         self.changed.notify_all();
                     }
+                    if let Some(task) = inner.task.take() {
+                        return Decision::Serve(task);
+                    }
                     inner = self
                         .changed
-                        .wait_while(inner, |i| i.state == RunState::Paused)
+                        .wait_while(inner, |i| i.state == RunState::Paused && i.task.is_none())
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                RunState::Created | RunState::Running => return true,
+                RunState::Created | RunState::Running => return Decision::Run,
             }
         }
+    }
+
+    /// Called by the vCPU thread itself after an exit: pauses it before the guest's next
+    /// instruction. Its next KVM_RUN completes the exit (a port write's, say) and returns at
+    /// once, as `immediate_exit` asks; then [`VcpuControl::after_interrupt`] parks it.
+    pub(super) fn pause_self(&self) {
+        let mut inner = lock(&self.inner);
+        if inner.state == RunState::Running {
+            inner.state = RunState::PauseRequested;
+            if let Some(page) = &inner.run_page {
+                // SAFETY: the page is live while the thread runs (see RunPage).
+                unsafe { std::ptr::addr_of_mut!((*page.0).immediate_exit).write_volatile(1) };
+            }
+        }
+    }
+
+    /// Has the paused vCPU's thread run `work` on its fd and returns what it gave, or `None`
+    /// when the vCPU is not paused, stopped meanwhile, or did not answer within `limit`.
+    pub fn serve<R: Send + 'static>(
+        &self,
+        limit: Duration,
+        work: impl FnOnce(&VcpuFd) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut inner = lock(&self.inner);
+            if inner.state != RunState::Paused || inner.task.is_some() {
+                return None;
+            }
+            inner.task = Some(Box::new(move |fd: &VcpuFd| {
+                // The asker may have given up: then nobody wants the answer.
+                let _ = tx.send(work(fd));
+            }));
+            self.changed.notify_all();
+        }
+        rx.recv_timeout(limit).ok()
     }
 
     /// Whether the thread should leave its run loop now.
@@ -125,6 +182,8 @@ impl VcpuControl {
         inner.state = RunState::Stopped;
         inner.run_page = None;
         inner.thread = None;
+        // Its asker sees the channel close.
+        inner.task = None;
         self.changed.notify_all();
     }
 
@@ -212,8 +271,11 @@ mod tests {
             let mut rounds = 0;
             while !c.stop_requested() {
                 rounds += 1;
-                if !c.after_interrupt() {
-                    break;
+                match c.after_interrupt() {
+                    Decision::Run => {}
+                    Decision::Stop => break,
+                    // No fd here: the task is dropped, its asker sees no answer.
+                    Decision::Serve(task) => drop(task),
                 }
                 std::thread::yield_now();
             }

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod dispatch;
+pub mod state;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -13,8 +14,10 @@ use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-pub use control::{RunState, VcpuControl};
+use control::Decision;
+pub use control::{RunState, Task, VcpuControl};
 use dispatch::{Next, dispatch};
+pub use state::{StateError, VcpuState};
 
 use crate::arch::x86_64::boot::EntryPoint;
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
@@ -67,6 +70,14 @@ pub enum VcpuError {
         cpu: u32,
         /// Why.
         what: String,
+    },
+    /// Saving or restoring the vCPU's state failed.
+    #[error("vCPU {cpu}: {source}")]
+    State {
+        /// The vCPU.
+        cpu: u32,
+        /// The error.
+        source: StateError,
     },
     /// The vCPU thread could not be started.
     #[error("cannot start the thread for vCPU {cpu}: {source}")]
@@ -150,6 +161,43 @@ impl Vcpu {
         })
     }
 
+    /// Creates vCPU `state.id` and sets `state` on it: a snapshot's vCPU, continued. Also
+    /// gives back the CPUID this host's KVM makes of `template` (ember's own, for a vCPU of
+    /// this host), so the caller can check the saved one asks for nothing more: a PVM host
+    /// imposes its own leaves, which its supported list does not show.
+    pub fn restored(
+        vm: &VmFd,
+        state: &VcpuState,
+        template: &CpuId,
+        logs: &GuestLogs,
+    ) -> Result<(Self, CpuId), VcpuError> {
+        let id = state.id;
+        let kvm = |what: &'static str| {
+            move |source| VcpuError::Kvm {
+                cpu: id,
+                what,
+                source,
+            }
+        };
+        let mut fd = vm.create_vcpu(u64::from(id)).map_err(kvm("create"))?;
+        // KVM takes a CPUID as often as it is given one until the vCPU first runs.
+        fd.set_cpuid2(template).map_err(kvm("set CPUID"))?;
+        let offered = fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("read CPUID"))?;
+        state
+            .restore(&fd)
+            .map_err(|source| VcpuError::State { cpu: id, source })?;
+        let control = Arc::new(VcpuControl::new(id, fd.get_kvm_run()));
+        let vcpu = Self {
+            fd,
+            id,
+            control,
+            log: logs.limit(format!("vCPU {id}")),
+        };
+        Ok((vcpu, offered))
+    }
+
     /// The handle through which this vCPU's thread is paused, resumed and stopped.
     pub fn control(&self) -> Arc<VcpuControl> {
         self.control.clone()
@@ -161,22 +209,33 @@ impl Vcpu {
     fn run(&mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
         let id = self.id;
         while !self.control.stop_requested() && !exit.is_stopping() {
+            // A "ready" for a snapshot from this exit (or another vCPU's meanwhile) pauses
+            // this vCPU before the guest's next instruction, so the snapshot is of the moment
+            // the guest chose.
+            let ready = exit.ready_seq();
             let next = match self.fd.run() {
                 Ok(e) => dispatch(e, id, pio, mmio, &self.log),
                 // A kick (pause, stop) or a signal: ask the control what now.
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    if self.control.after_interrupt() {
-                        continue;
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => loop {
+                    match self.control.after_interrupt() {
+                        Decision::Run => break Next::Run,
+                        Decision::Stop => return,
+                        // Paused: the task uses this thread's fd, then the thread asks again.
+                        Decision::Serve(task) => task(&self.fd),
                     }
-                    break;
-                }
+                },
                 Err(e) => Next::Stop(ExitReason::VcpuFailed {
                     cpu: id,
                     what: format!("KVM_RUN failed: {e}"),
                 }),
             };
             let reason = match next {
-                Next::Run => continue,
+                Next::Run => {
+                    if exit.ready_seq() != ready {
+                        self.control.pause_self();
+                    }
+                    continue;
+                }
                 Next::Stop(reason) => reason,
                 Next::TripleFault => ExitReason::TripleFault {
                     cpu: id,
@@ -289,7 +348,8 @@ struct Waiting {
 /// seccomp filters (0.2-0.3 ms each on a PVM host) then cost nothing on the way to the first
 /// guest instruction. Each installs its filter, then waits for [`VcpuThreads::launch`] to hand
 /// it its vCPU, and enters the guest at once. Dropped unlaunched, they are told to leave and
-/// joined.
+/// joined. The default is none (what is left once they are launched).
+#[derive(Default)]
 pub struct VcpuThreads {
     waiting: Vec<Waiting>,
 }

@@ -240,7 +240,7 @@ mod tests {
             exit.clone(),
         );
         let (serial, drained) =
-            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out).unwrap();
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), out, None).unwrap();
         ConsoleInput::new(exit, Arc::new(Mutex::new(serial)), drained, None, escape)
     }
 

@@ -2,6 +2,7 @@
 //! docs/DESIGN.md), then runs it until the guest leaves (steps 8-10) and says how it ended.
 
 pub mod events;
+mod snapshot;
 mod teardown;
 
 pub(crate) use teardown::KEEPER_CLONE_FLAGS;
@@ -34,7 +35,7 @@ use crate::devices::ioapic::{IOAPIC_MMIO_LEN, Ioapic};
 use crate::devices::manager::{DeviceSpec, ManagerError, Registrar};
 use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
-    COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice,
+    COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice, SerialState,
 };
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, Share};
@@ -49,6 +50,7 @@ use crate::placement::Placement;
 use crate::resolve::ResolvedVm;
 use crate::seccomp::{self, Role, Seccomp, SeccompError};
 use crate::signals::{self, SignalFd};
+use crate::snapshot::SnapshotFiles;
 use crate::sync::{Background, lock};
 use crate::timing::{Phase, Timeline};
 use crate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuThreads};
@@ -136,6 +138,9 @@ pub enum VmmError {
     /// A device could not be put in place.
     #[error(transparent)]
     Devices(#[from] ManagerError),
+    /// A snapshot could not be read, or cannot be restored here.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// What kind of failure a [`VmmError`] is, for a front end's exit codes.
@@ -165,7 +170,8 @@ impl VmmError {
             | VmmError::MemorySize { .. }
             | VmmError::Device { .. }
             | VmmError::Mptable(_)
-            | VmmError::Acpi(_) => ErrorKind::BadInput,
+            | VmmError::Acpi(_)
+            | VmmError::Snapshot(_) => ErrorKind::BadInput,
             _ => ErrorKind::Host,
         }
     }
@@ -229,6 +235,16 @@ pub struct Runtime {
     /// Where a `process`'s stdio goes (its stdin then does not go to the console); default:
     /// no input, this process's stdout and stderr.
     pub process_io: Option<ProcessIo>,
+    /// Where to write a snapshot when the guest says "ready", and what then.
+    pub snapshot_on_ready: Option<SnapshotOnReady>,
+}
+
+/// `--snapshot-on-ready`: the files, made before the VM runs, and whether the VM goes on.
+pub struct SnapshotOnReady {
+    /// The snapshot's files.
+    pub files: SnapshotFiles,
+    /// After the snapshot: stop the VM (`false`) or let it run on (`true`).
+    pub continue_after: bool,
 }
 
 impl Runtime {
@@ -245,6 +261,7 @@ impl Runtime {
             teardown: Teardown::Inline,
             cpuid: None,
             process_io: None,
+            snapshot_on_ready: None,
         }
     }
 }
@@ -280,6 +297,11 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// Whether the VM wrote its snapshot (`--snapshot-on-ready`).
+    pub fn snapshot_written(&self) -> bool {
+        self.exit.has_snapshot()
+    }
+
     /// Takes every vCPU out of the guest and holds it there; returns whether all of them
     /// paused within `limit` (a VM that is stopping does not pause).
     pub fn pause(&self, limit: Duration) -> bool {
@@ -317,6 +339,8 @@ pub struct Vmm {
     events: EventManager<Subscriber>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
+    ioapic: Arc<Mutex<Ioapic>>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -329,40 +353,81 @@ pub struct Vmm {
     measure_guest_memory: bool,
     seccomp: Seccomp,
     teardown: Teardown,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    msr_index: Arc<Vec<u32>>,
+    mem_size: u64,
+    /// The first virtio device's input, if any: a snapshot cannot hold it yet.
+    first_device: Option<String>,
+    snapshot_on_ready: Option<SnapshotOnReady>,
     /// Startup stamps.
     pub timeline: Arc<Timeline>,
-    /// How the guest enters.
-    pub entry: EntryPoint,
+    /// How the guest enters (none for a restored VM: it continues where it was).
+    pub entry: Option<EntryPoint>,
 }
 
-impl Vmm {
-    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs.
-    pub fn build(mut vm: ResolvedVm, runtime: Runtime) -> Result<Self, VmmError> {
+/// Guest RAM for a new VM: fresh, or a snapshot's memory file mapped copy-on-write.
+enum Ram<'a> {
+    /// Anonymous memory of this size.
+    Fresh(u64),
+    /// The memory file, and the RAM size it holds.
+    Snapshot(&'a std::fs::File, u64),
+}
+
+/// What every VM has, booted or restored: KVM, the vCPU threads (waiting), the VM, its memory
+/// and split irqchip, the legacy devices on their buses, and the event loop. Boot steps 2-5 up
+/// to the virtio devices.
+struct Base {
+    kvm: Kvm,
+    placement: Option<Placement>,
+    /// Taken by whoever needs it first.
+    supported: Option<CpuidRead>,
+    threads: VcpuThreads,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    guest_logs: GuestLogs,
+    events: EventManager<Subscriber>,
+    console: Arc<Mutex<ConsoleWatch>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    ioapic: Arc<Mutex<Ioapic>>,
+    pio: Bus,
+    mmio: Bus,
+}
+
+impl Base {
+    /// Creates it for `vcpus` vCPUs (`vcpus_input` names where the count came from) and
+    /// `ram` (`mem_input`, the same for the size), its UART in `serial` state if given, console
+    /// input from `console_in`. Takes the console output and the CPUID read from `runtime`.
+    fn create(
+        vcpus: u32,
+        vcpus_input: &str,
+        ram: Ram,
+        mem_input: &str,
+        serial: Option<&SerialState>,
+        console_in: Option<RawFd>,
+        runtime: &mut Runtime,
+    ) -> Result<Self, VmmError> {
         let timeline = runtime.timeline.clone();
         // Step 2: KVM and its capabilities.
         let kvm = kvm::open()?;
         timeline.mark(Phase::KvmReady);
         // The helpers (the CPUID read, the vCPU threads) run beside this thread, not on its CPU.
         let placement = Placement::away_from_here();
-        let supported = match runtime.cpuid {
+        let supported = match runtime.cpuid.take() {
             Some(read) => read,
             None => CpuidRead::start(placement.as_ref())?,
         };
         let max = kvm::max_vcpus(&kvm);
-        if vm.vcpus > max {
+        if vcpus > max {
             return Err(VmmError::TooManyVcpus {
-                input: vm.names.vcpus.clone(),
+                input: vcpus_input.to_string(),
                 max,
             });
         }
-        let sized = |e: VmmError| VmmError::MemorySize {
-            input: vm.names.mem.clone(),
-            source: Box::new(e),
-        };
         // The vCPU threads first: they start and install their filters while the VM is
         // built, on the host's other CPUs (each costs 0.2-0.3 ms on a PVM host), instead of
         // between the last ioctl and the first guest instruction.
-        let threads = VcpuThreads::start(vm.vcpus, runtime.seccomp != Seccomp::Off, placement)?;
+        let threads = VcpuThreads::start(vcpus, runtime.seccomp != Seccomp::Off, placement)?;
         // Step 3: the VM and its TSS.
         let vm_err = |what| move |source| VmmError::VmIoctl { what, source };
         let vm_fd = kvm.create_vm().map_err(vm_err("create the VM"))?;
@@ -377,7 +442,18 @@ impl Vmm {
         // in-kernel PIC, IOAPIC and PIT cost 0.1-0.5 ms to create and 13-18 ms of KVM's time to
         // destroy, and a memslot registered after them waits out an SRCU grace period (5-12
         // ms); the split irqchip costs under 0.01 ms, and a VM without them closes in 0.3-0.4.
-        let mem = memory::create(vm.mem_size).map_err(|e| sized(e.into()))?;
+        let mem = match ram {
+            Ram::Fresh(size) => memory::create(size).map_err(|e| VmmError::MemorySize {
+                input: mem_input.to_string(),
+                source: Box::new(e.into()),
+            })?,
+            Ram::Snapshot(file, size) => {
+                crate::snapshot::memory::map(file, size).map_err(|source| VmmError::Host {
+                    what: "map the snapshot's memory file",
+                    source,
+                })?
+            }
+        };
         memory::register(&vm_fd, &memory::regions(&mem))?;
         timeline.mark(Phase::MemoryMapped);
         let split = kvm_enable_cap {
@@ -389,215 +465,308 @@ impl Vmm {
             .enable_cap(&split)
             .map_err(vm_err("enable the split irqchip"))?;
         let vm_fd = Arc::new(vm_fd);
-        {
-            // Step 5: devices.
-            let host_err = |what| move |source| VmmError::Host { what, source };
-            let exit = Arc::new(ExitSignal::new(timeline.clone())?);
-            let guest_logs = GuestLogs::default();
-            let mut events: EventManager<Subscriber> =
-                EventManager::new().map_err(VmmError::EventLoop)?;
-            let console = Arc::new(Mutex::new(ConsoleWatch::default()));
-            let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
-            vm_fd
-                .register_irqfd(&serial_irq, COM1_IRQ)
-                .map_err(vm_err("register the serial irqfd"))?;
-            let out = ConsoleOut::new(
-                runtime.console_out,
-                timeline.clone(),
-                console.clone(),
-                exit.clone(),
-            );
-            let (serial_dev, fifo_drained) =
-                SerialDevice::new(serial_irq, out).map_err(host_err("serial eventfd"))?;
-            let serial = Arc::new(Mutex::new(serial_dev));
-            // A process takes stdin for itself; the console then gets none.
-            let console_in = if vm.program.is_some() {
-                None
-            } else {
-                runtime.console_in
+
+        // Step 5: the legacy devices and the event loop.
+        let host_err = |what| move |source| VmmError::Host { what, source };
+        let exit = Arc::new(ExitSignal::new(timeline.clone())?);
+        let guest_logs = GuestLogs::default();
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(VmmError::EventLoop)?;
+        let console = Arc::new(Mutex::new(ConsoleWatch::default()));
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(vm_err("register the serial irqfd"))?;
+        let out = ConsoleOut::new(
+            std::mem::replace(&mut runtime.console_out, Box::new(std::io::sink())),
+            timeline.clone(),
+            console.clone(),
+            exit.clone(),
+        );
+        let (serial_dev, fifo_drained) =
+            SerialDevice::new(serial_irq, out, serial).map_err(host_err("serial device"))?;
+        let serial = Arc::new(Mutex::new(serial_dev));
+        events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            exit.clone(),
+            serial.clone(),
+            fifo_drained,
+            console_in,
+            runtime.console_in_is_tty,
+        ))));
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(timeline.clone(), exit.clone())));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            I8042_PORT,
+            I8042_PORT_LEN,
+        )?;
+        pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(Power::new(exit.clone()))),
+            POWER_PORT,
+            POWER_PORT_LEN,
+        )?;
+        let mut mmio = Bus::new();
+        mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
+        // The IOAPIC's id: after the vCPUs' APIC ids, as the MP table and MADT say.
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(
+            vcpus as u8,
+            Box::new(vm_fd.clone()),
+        )));
+        mmio.insert(ioapic.clone(), layout::IOAPIC_START, IOAPIC_MMIO_LEN)?;
+        Ok(Self {
+            kvm,
+            placement,
+            supported: Some(supported),
+            threads,
+            vm: vm_fd,
+            mem,
+            exit,
+            guest_logs,
+            events,
+            console,
+            serial,
+            ioapic,
+            pio,
+            mmio,
+        })
+    }
+}
+
+impl Base {
+    /// KVM's supported CPUID, waited for.
+    fn supported(&mut self) -> Result<CpuId, VmmError> {
+        match self.supported.take() {
+            Some(read) => read.wait(),
+            None => Err(VmmError::Host {
+                what: "read KVM's supported CPUID",
+                source: std::io::Error::other("read twice"),
+            }),
+        }
+    }
+}
+
+/// What a VM's devices and guest add to its [`Base`] once built or restored.
+struct Extras {
+    vcpus: Vec<Vcpu>,
+    session: Option<ProcessSession>,
+    share_setup: Duration,
+    timeout: Option<Duration>,
+    entry: Option<EntryPoint>,
+    mem_size: u64,
+    /// The first virtio device's input: a snapshot cannot hold it yet.
+    first_device: Option<String>,
+}
+
+impl Vmm {
+    /// Builds the VM: KVM, memory, devices, kernel, boot parameters, vCPUs.
+    pub fn build(mut vm: ResolvedVm, mut runtime: Runtime) -> Result<Self, VmmError> {
+        let timeline = runtime.timeline.clone();
+        let sized = |e: VmmError| VmmError::MemorySize {
+            input: vm.names.mem.clone(),
+            source: Box::new(e),
+        };
+        // A process takes stdin for itself; the console then gets none.
+        let console_in = if vm.program.is_some() {
+            None
+        } else {
+            runtime.console_in
+        };
+        let mut base = Base::create(
+            vm.vcpus,
+            &vm.names.vcpus,
+            Ram::Fresh(vm.mem_size),
+            &vm.names.mem,
+            None,
+            console_in,
+            &mut runtime,
+        )?;
+        let host_err = |what| move |source| VmmError::Host { what, source };
+        // Step 5, continued: the virtio devices.
+        let mut registrar = Registrar {
+            vm: &base.vm,
+            mem: &base.mem,
+            mmio: &mut base.mmio,
+            events: &mut base.events,
+            logs: &base.guest_logs,
+        };
+        let mut session_stream = None;
+        let mut share_setup = Duration::ZERO;
+        for place in &vm.devices {
+            let device = |reason: String| VmmError::Device {
+                input: place.input.clone(),
+                reason,
             };
-            events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-                exit.clone(),
-                serial.clone(),
-                fifo_drained,
-                console_in,
-                runtime.console_in_is_tty,
-            ))));
-            let boot_timer = Arc::new(Mutex::new(BootTimer::new(timeline.clone(), exit.clone())));
-            let mut pio = Bus::new();
-            pio.insert(serial, COM1_PORT, COM1_PORT_LEN)?;
-            pio.insert(
-                Arc::new(Mutex::new(I8042::new(exit.clone()))),
-                I8042_PORT,
-                I8042_PORT_LEN,
-            )?;
-            pio.insert(boot_timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)?;
-            pio.insert(
-                Arc::new(Mutex::new(Power::new(exit.clone()))),
-                POWER_PORT,
-                POWER_PORT_LEN,
-            )?;
-            let mut mmio = Bus::new();
-            mmio.insert(boot_timer, layout::BOOT_TIMER_MMIO, 1)?;
-            // The IOAPIC's id: after the vCPUs' APIC ids, as the MP table and MADT say.
-            let ioapic = Ioapic::new(vm.vcpus as u8, Box::new(vm_fd.clone()));
-            mmio.insert(
-                Arc::new(Mutex::new(ioapic)),
-                layout::IOAPIC_START,
-                IOAPIC_MMIO_LEN,
-            )?;
-            let mut registrar = Registrar {
-                vm: &vm_fd,
-                mem: &mem,
-                mmio: &mut mmio,
-                events: &mut events,
-                logs: &guest_logs,
-            };
-            let mut session_stream = None;
-            let mut share_setup = Duration::ZERO;
-            for place in &vm.devices {
-                let device = |reason: String| VmmError::Device {
-                    input: place.input.clone(),
-                    reason,
-                };
-                match &place.spec {
-                    DeviceSpec::Block(d) => registrar.register(
-                        Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)
-                            .map_err(|e: BlockError| device(e.to_string()))?,
+            match &place.spec {
+                DeviceSpec::Block(d) => registrar.register(
+                    Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)
+                        .map_err(|e: BlockError| device(e.to_string()))?,
+                    place,
+                )?,
+                DeviceSpec::Net(n) => {
+                    let mac = match &n.guest_mac {
+                        // Checked when the configuration was validated.
+                        Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
+                        None => default_mac(&n.host_dev_name),
+                    };
+                    let tap =
+                        Tap::open(&n.host_dev_name).map_err(|e: NetError| device(e.to_string()))?;
+                    registrar.register(Net::new(tap, mac), place)?
+                }
+                DeviceSpec::Vsock { config, channel } => {
+                    let cid = config
+                        .as_ref()
+                        .map(|v| v.guest_cid)
+                        .unwrap_or(command::DEFAULT_CID);
+                    let channel = if *channel {
+                        let (ours, theirs) = UnixStream::pair()
+                            .map_err(host_err("the process channel's socket pair"))?;
+                        ours.set_nonblocking(true)
+                            .map_err(host_err("the process channel's socket pair"))?;
+                        session_stream = Some(ours);
+                        Some((command::VSOCK_PORT, theirs))
+                    } else {
+                        None
+                    };
+                    let uds = config.as_ref().map(|v| v.uds_path.as_path());
+                    registrar.register(
+                        Vsock::new(u64::from(cid), uds, channel)
+                            .map_err(|e: VsockError| device(e.to_string()))?,
                         place,
-                    )?,
-                    DeviceSpec::Net(n) => {
-                        let mac = match &n.guest_mac {
-                            // Checked when the configuration was validated.
-                            Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
-                            None => default_mac(&n.host_dev_name),
-                        };
-                        let tap = Tap::open(&n.host_dev_name)
-                            .map_err(|e: NetError| device(e.to_string()))?;
-                        registrar.register(Net::new(tap, mac), place)?
-                    }
-                    DeviceSpec::Vsock { config, channel } => {
-                        let cid = config
-                            .as_ref()
-                            .map(|v| v.guest_cid)
-                            .unwrap_or(command::DEFAULT_CID);
-                        let channel = if *channel {
-                            let (ours, theirs) = UnixStream::pair()
-                                .map_err(host_err("the process channel's socket pair"))?;
-                            ours.set_nonblocking(true)
-                                .map_err(host_err("the process channel's socket pair"))?;
-                            session_stream = Some(ours);
-                            Some((command::VSOCK_PORT, theirs))
-                        } else {
-                            None
-                        };
-                        let uds = config.as_ref().map(|v| v.uds_path.as_path());
-                        registrar.register(
-                            Vsock::new(u64::from(cid), uds, channel)
-                                .map_err(|e: VsockError| device(e.to_string()))?,
-                            place,
-                        )?
-                    }
-                    DeviceSpec::Fs { dir, tag } => {
-                        let started = std::time::Instant::now();
-                        let share = Share::prepare(&dir.path_on_host, dir.writable)
-                            .map_err(|e| device(e.to_string()))?;
-                        let fs = Fs::new(
-                            tag,
-                            share,
-                            placement.as_ref(),
-                            runtime.seccomp != Seccomp::Off,
-                        )
+                    )?
+                }
+                DeviceSpec::Fs { dir, tag } => {
+                    let started = std::time::Instant::now();
+                    let share = Share::prepare(&dir.path_on_host, dir.writable)
                         .map_err(|e| device(e.to_string()))?;
-                        share_setup += started.elapsed();
-                        registrar.register(fs, place)?
-                    }
+                    let fs = Fs::new(
+                        tag,
+                        share,
+                        base.placement.as_ref(),
+                        runtime.seccomp != Seccomp::Off,
+                    )
+                    .map_err(|e| device(e.to_string()))?;
+                    share_setup += started.elapsed();
+                    registrar.register(fs, place)?
                 }
             }
-            let session = match session_stream {
-                Some(stream) => {
-                    let io = runtime.process_io.unwrap_or(ProcessIo {
-                        stdin: None,
-                        stdout: libc::STDOUT_FILENO,
-                        stderr: libc::STDERR_FILENO,
-                        escape: false,
-                        winsize: None,
-                    });
-                    let result = Arc::new(Mutex::new(CommandResult::default()));
-                    let s = Arc::new(Mutex::new(Session::new(
-                        stream,
-                        io,
-                        result.clone(),
-                        exit.clone(),
-                        timeline.clone(),
-                    )));
-                    events.add_subscriber(s.clone());
-                    Some((s, result))
-                }
-                None => None,
-            };
+        }
+        let session = match session_stream {
+            Some(stream) => {
+                let io = runtime.process_io.take().unwrap_or(ProcessIo {
+                    stdin: None,
+                    stdout: libc::STDOUT_FILENO,
+                    stderr: libc::STDERR_FILENO,
+                    escape: false,
+                    winsize: None,
+                });
+                let result = Arc::new(Mutex::new(CommandResult::default()));
+                let s = Arc::new(Mutex::new(Session::new(
+                    stream,
+                    io,
+                    result.clone(),
+                    base.exit.clone(),
+                    timeline.clone(),
+                )));
+                base.events.add_subscriber(s.clone());
+                Some((s, result))
+            }
+            None => None,
+        };
 
-            // Step 6: kernel, initrd, command line, MP table, ACPI tables, boot parameters.
-            let kernel = boot::load_kernel(&mem, vm.mem_size, &mut vm.kernel)
-                .map_err(|e| sized(e.into()))?;
-            let initrd = match &vm.initrd {
-                Some(img) => Some(
-                    boot::load_initrd(&mem, vm.mem_size, &kernel, &img.name, &img.bytes)
-                        .map_err(|e| sized(e.into()))?,
-                ),
-                None => None,
-            };
-            let cmdline = vm.cmdline_text();
-            boot::write_cmdline(&mem, &cmdline).map_err(|e| sized(e.into()))?;
-            // Both CPU descriptions: the MP table for kernels without ACPI (the project's),
-            // ACPI for those that have it and may lack MP-table support (Debian's cloud kernel).
-            mptable::write(&mem, vm.vcpus)?;
-            let mut described = vec![acpi::AcpiDevice::Serial {
-                port: COM1_PORT as u16,
-                irq: COM1_IRQ,
-            }];
-            described.extend(vm.devices.iter().map(|d| d.acpi()));
-            let rsdp = acpi::write(&mem, vm.vcpus, &described)?;
-            boot::write_boot_params(&mem, vm.mem_size, &kernel, cmdline.len(), initrd, rsdp)?;
-            timeline.mark(Phase::KernelLoaded);
+        let supported = base.supported()?;
+        // Step 6: kernel, initrd, command line, MP table, ACPI tables, boot parameters.
+        let mem = &base.mem;
+        let kernel =
+            boot::load_kernel(mem, vm.mem_size, &mut vm.kernel).map_err(|e| sized(e.into()))?;
+        let initrd = match &vm.initrd {
+            Some(img) => Some(
+                boot::load_initrd(mem, vm.mem_size, &kernel, &img.name, &img.bytes)
+                    .map_err(|e| sized(e.into()))?,
+            ),
+            None => None,
+        };
+        let cmdline = vm.cmdline_text();
+        boot::write_cmdline(mem, &cmdline).map_err(|e| sized(e.into()))?;
+        // Both CPU descriptions: the MP table for kernels without ACPI (the project's),
+        // ACPI for those that have it and may lack MP-table support (Debian's cloud kernel).
+        mptable::write(mem, vm.vcpus)?;
+        let mut described = vec![acpi::AcpiDevice::Serial {
+            port: COM1_PORT as u16,
+            irq: COM1_IRQ,
+        }];
+        described.extend(vm.devices.iter().map(|d| d.acpi()));
+        let rsdp = acpi::write(mem, vm.vcpus, &described)?;
+        boot::write_boot_params(mem, vm.mem_size, &kernel, cmdline.len(), initrd, rsdp)?;
+        timeline.mark(Phase::KernelLoaded);
 
-            // Step 7: vCPUs.
-            let supported = supported.wait()?;
-            let setup = VcpuSetup {
-                supported_cpuid: &supported,
-                cpu_count: vm.vcpus,
-                mem: &mem,
-                mem_size: vm.mem_size,
-                entry: kernel.entry,
-                logs: &guest_logs,
-            };
-            let vcpus = (0..vm.vcpus)
-                .map(|id| Vcpu::new(&vm_fd, id, &setup))
-                .collect::<Result<Vec<_>, _>>()?;
-            timeline.mark(Phase::VcpusConfigured);
-            let controls = vcpus.iter().map(Vcpu::control).collect();
-            Ok(Self {
-                threads,
-                vcpus,
-                controls,
-                events,
-                vm: vm_fd,
-                _kvm: kvm,
-                mem,
-                exit,
-                console,
-                guest_logs,
-                session,
-                share_setup,
-                pio: Arc::new(pio),
-                mmio: Arc::new(mmio),
-                timeout: vm.timeout,
-                measure_guest_memory: runtime.measure_guest_memory,
-                seccomp: runtime.seccomp,
-                teardown: runtime.teardown,
-                timeline,
-                entry: kernel.entry,
-            })
+        // Step 7: vCPUs.
+        let setup = VcpuSetup {
+            supported_cpuid: &supported,
+            cpu_count: vm.vcpus,
+            mem,
+            mem_size: vm.mem_size,
+            entry: kernel.entry,
+            logs: &base.guest_logs,
+        };
+        let vcpus = (0..vm.vcpus)
+            .map(|id| Vcpu::new(&base.vm, id, &setup))
+            .collect::<Result<Vec<_>, _>>()?;
+        timeline.mark(Phase::VcpusConfigured);
+        let extras = Extras {
+            vcpus,
+            session,
+            share_setup,
+            timeout: vm.timeout,
+            entry: Some(kernel.entry),
+            mem_size: vm.mem_size,
+            first_device: vm.devices.first().map(|d| d.input.clone()),
+        };
+        Ok(Self::assemble(base, extras, runtime))
+    }
+
+    /// The VM from its parts.
+    fn assemble(base: Base, extras: Extras, runtime: Runtime) -> Self {
+        // Only a VM that will be snapshotted needs the MSR list (and the armed "ready").
+        let msr_index = match &runtime.snapshot_on_ready {
+            Some(_) => {
+                base.exit.arm_snapshot();
+                base.kvm
+                    .get_msr_index_list()
+                    .map(|l| l.as_slice().to_vec())
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let controls = extras.vcpus.iter().map(Vcpu::control).collect();
+        Self {
+            threads: base.threads,
+            vcpus: extras.vcpus,
+            controls,
+            events: base.events,
+            vm: base.vm,
+            _kvm: base.kvm,
+            mem: base.mem,
+            exit: base.exit,
+            console: base.console,
+            guest_logs: base.guest_logs,
+            session: extras.session,
+            share_setup: extras.share_setup,
+            pio: Arc::new(base.pio),
+            mmio: Arc::new(base.mmio),
+            serial: base.serial,
+            ioapic: base.ioapic,
+            msr_index: Arc::new(msr_index),
+            mem_size: extras.mem_size,
+            first_device: extras.first_device,
+            snapshot_on_ready: runtime.snapshot_on_ready,
+            timeout: extras.timeout,
+            measure_guest_memory: runtime.measure_guest_memory,
+            seccomp: runtime.seccomp,
+            teardown: runtime.teardown,
+            timeline: runtime.timeline,
+            entry: extras.entry,
         }
     }
 
@@ -666,7 +835,7 @@ impl Vmm {
         // Into the guest.
         let launched = Launched {
             controls: self.controls.clone(),
-            handles: self.threads.launch(
+            handles: std::mem::take(&mut self.threads).launch(
                 std::mem::take(&mut self.vcpus),
                 &self.pio,
                 &self.mmio,
@@ -683,6 +852,9 @@ impl Vmm {
                     cpu: 0,
                     what: "event loop failed".into(),
                 });
+            }
+            if self.exit.take_snapshot_request() {
+                self.on_ready();
             }
         }
         drop(launched);

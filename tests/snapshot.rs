@@ -1,0 +1,242 @@
+//! Snapshots end to end: a tiny guest (tests/guests/snapshot.S) runs, says ready, and ember
+//! writes the VM into a directory and stops (`--snapshot-on-ready`); a new ember process
+//! continues it from there (`--restore`), where the guest checks that its registers, its SSE
+//! register, its memory, its local APIC timer and its UART came back as they were. Damaged
+//! snapshots and VMs a snapshot cannot hold yet are refused in one line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// What the guest prints after a restore (or after going on past the snapshot).
+const CONTINUED: &str = "resumed\nsnapshot state intact\n";
+
+/// A fresh scratch directory for `test`.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-snapshot-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Boots the snapshot guest with `--snapshot-on-ready dir` and `extra`.
+fn take(dir: &Path, extra: &[&str]) -> Outcome {
+    let mut args = vec!["--snapshot-on-ready", s(dir)];
+    args.extend_from_slice(extra);
+    run_guest("snapshot", &args)
+}
+
+fn restore(dir: &Path) -> Outcome {
+    run(&["run", "--restore", s(dir)], Duration::from_secs(60))
+}
+
+/// A snapshot taken once for the refusal tests, copied per case.
+fn taken(test: &str) -> PathBuf {
+    let dir = scratch(test).join("snap");
+    let o = take(&dir, &[]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    dir
+}
+
+fn copy_snapshot(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for name in ["state", "memory"] {
+        std::fs::copy(from.join(name), to.join(name)).expect("copy");
+    }
+}
+
+/// Overwrites bytes of `file` at `offset`.
+fn poke(file: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open");
+    f.write_all_at(bytes, offset).expect("write");
+}
+
+/// One line on stderr, starting `ember: `, containing every needle; exit `code`.
+fn one_line_error(o: &Outcome, code: i32, needles: &[&str]) {
+    assert_eq!(o.code, Some(code), "{o:?}");
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one error line: {o:?}");
+    assert!(lines[0].starts_with("ember: "), "{o:?}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} missing from {:?}", lines[0]);
+    }
+    assert!(!o.stderr.contains("panicked"), "{o:?}");
+}
+
+#[test]
+fn a_snapshot_taken_at_ready_continues_in_new_processes() {
+    let dir = scratch("continues").join("snap");
+    let o = take(&dir, &[]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // The vCPU that said ready paused right after saying it: nothing after the port write
+    // ran in this process.
+    assert_eq!(o.stdout, "ready\n", "{o:?}");
+    assert!(
+        o.stderr
+            .contains(&format!("ember run --restore {}", dir.display())),
+        "{o:?}"
+    );
+    let memory = dir.join("memory");
+    let before = std::fs::read(&memory).expect("memory file");
+    // Twice from the same snapshot: a restore maps the memory file copy-on-write and never
+    // writes it.
+    for round in 0..2 {
+        let o = restore(&dir);
+        assert_eq!(o.code, Some(0), "round {round}: {o:?}");
+        assert_eq!(o.stdout, CONTINUED, "round {round}: {o:?}");
+        assert_eq!(o.stderr, "", "round {round}: {o:?}");
+    }
+    assert!(
+        std::fs::read(&memory).expect("memory file") == before,
+        "a restore changed the memory file"
+    );
+    // Guest RAM that was never written is a hole in the file, not zeros on disk.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&memory).expect("stat");
+    assert!(
+        meta.blocks() * 512 < meta.len() / 16,
+        "the memory file is not sparse: {} of {} bytes on disk",
+        meta.blocks() * 512,
+        meta.len()
+    );
+}
+
+#[test]
+fn continue_after_snapshot_runs_on_and_leaves_a_snapshot() {
+    let dir = scratch("continue-after").join("snap");
+    let o = take(&dir, &["--continue-after-snapshot"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(o.stdout, format!("ready\n{CONTINUED}"), "{o:?}");
+    let o = restore(&dir);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(o.stdout, CONTINUED, "{o:?}");
+}
+
+#[test]
+fn a_guest_that_never_says_ready_leaves_nothing() {
+    let dir = scratch("never-ready");
+    let made = dir.join("made-by-ember");
+    let o = run_guest("hello64", &["--snapshot-on-ready", s(&made)]);
+    // The guest's own output, then the one line.
+    assert_eq!(o.code, Some(13), "{o:?}");
+    assert!(o.stderr.contains("said ready"), "{o:?}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+    assert!(!made.exists(), "ember left {} behind", made.display());
+    // A directory that was there stays, empty.
+    let o = run_guest("hello64", &["--snapshot-on-ready", s(&dir)]);
+    assert_eq!(o.code, Some(13), "{o:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("read dir").collect();
+    assert!(left.is_empty(), "ember left {left:?} behind");
+    // A guest that crashes first fails as itself.
+    let o = run_guest("triple", &["--snapshot-on-ready", s(&made)]);
+    assert_eq!(o.code, Some(9), "{o:?}");
+    assert!(!made.exists(), "{o:?}");
+}
+
+#[test]
+fn damaged_snapshots_are_refused_in_one_line() {
+    let good = taken("damaged");
+    let root = good.parent().expect("parent").to_path_buf();
+    let state_len = std::fs::metadata(good.join("state")).expect("stat").len();
+    let case = |name: &str, damage: &dyn Fn(&Path), needles: &[&str]| {
+        let dir = root.join(name);
+        copy_snapshot(&good, &dir);
+        damage(&dir);
+        let o = restore(&dir);
+        let mut all = vec!["--restore"];
+        all.extend_from_slice(needles);
+        one_line_error(&o, 2, &all);
+        assert_eq!(o.stdout, "", "{name}: the guest ran: {o:?}");
+    };
+    case(
+        "state-truncated",
+        &|d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("state"))
+                .unwrap();
+            f.set_len(state_len / 2).unwrap();
+        },
+        &["state is damaged", "truncated", "take the snapshot again"],
+    );
+    case(
+        "state-flipped",
+        &|d| poke(&d.join("state"), state_len - 10, b"#"),
+        &["state is damaged", "checksum"],
+    );
+    case(
+        "state-not-a-snapshot",
+        &|d| poke(&d.join("state"), 0, b"NOTASNAP"),
+        &["is not an ember snapshot"],
+    );
+    case(
+        "state-another-format",
+        &|d| poke(&d.join("state"), 8, &2u32.to_le_bytes()),
+        &["snapshot format 2", "reads format 1"],
+    );
+    case(
+        "memory-code-changed",
+        &|d| poke(&d.join("memory"), 0x10_0010, &[0x90]),
+        &["memory does not belong to this snapshot", "checksum"],
+    );
+    case(
+        "memory-hole-written",
+        &|d| poke(&d.join("memory"), 5 << 20, &[1]),
+        &["memory does not belong to this snapshot", "checksum"],
+    );
+    case(
+        "memory-truncated",
+        &|d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("memory"))
+                .unwrap();
+            f.set_len(64 << 20).unwrap();
+        },
+        &["memory does not belong to this snapshot", "bytes"],
+    );
+    case(
+        "memory-missing",
+        &|d| std::fs::remove_file(d.join("memory")).unwrap(),
+        &["memory is missing"],
+    );
+    let o = restore(&root.join("not-there"));
+    one_line_error(&o, 2, &["--restore", "not-there is missing"]);
+    let o = restore(Path::new("/etc/passwd"));
+    one_line_error(&o, 2, &["--restore", "/etc/passwd is not a directory"]);
+}
+
+#[test]
+fn snapshot_flags_bad_input() {
+    let dir = scratch("bad-input");
+    // A VM with a virtio device: refused before it starts, nothing made.
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let snap = dir.join("snap");
+    let o = take(&snap, &["--disk", s(&disk)]);
+    one_line_error(&o, 2, &["--snapshot-on-ready", "--disk", s(&disk)]);
+    assert!(!snap.exists(), "{o:?}");
+    // Not a directory.
+    let o = take(&disk, &[]);
+    one_line_error(&o, 2, &["--snapshot-on-ready", "is not a directory"]);
+    // --continue-after-snapshot alone, --restore with boot flags.
+    let o = run_guest("snapshot", &["--continue-after-snapshot"]);
+    one_line_error(&o, 2, &["--snapshot-on-ready"]);
+    let kernel = guest("snapshot");
+    let o = run(
+        &["run", "--restore", s(&snap), "--kernel", s(&kernel)],
+        Duration::from_secs(30),
+    );
+    one_line_error(&o, 2, &["--restore", "--kernel"]);
+}
