@@ -3,10 +3,9 @@
 //! tree under the repository's target/ (the tier shares the repository read-write and the
 //! host's root read-only, as ember then shares them again with its guest).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
 
 use super::*;
 
@@ -281,23 +280,6 @@ fn open_unlink_fstat_and_a_large_tree() {
         format!("1000\n7/42\n{digest}\nout 10 0 still here\n/tmp 10 0 still here\n"),
         "{o:?}"
     );
-}
-
-/// Reads the terminal until `needle` appears.
-fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
-    let start = Instant::now();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(
-            start.elapsed() < HW_LIMIT,
-            "{needle:?} never appeared: {}",
-            String::from_utf8_lossy(seen)
-        );
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 #[test]

@@ -36,6 +36,24 @@ const PVM_LIMIT: Duration = Duration::from_secs(20 * 60);
 /// the project kernel, about 100 s for Debian's bzImage).
 const HW_LIMIT: Duration = Duration::from_secs(300);
 
+/// Reads a terminal (a pty master) until `needle` appears in what was read, at most
+/// [`HW_LIMIT`].
+fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            start.elapsed() < HW_LIMIT,
+            "{needle:?} never appeared: {}",
+            String::from_utf8_lossy(seen)
+        );
+        match std::io::Read::read(master, &mut buf) {
+            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// The project kernel built by kernels/build.sh, or a SKIP line.
 fn kernel_or_skip(test: &str, file: &str) -> Option<String> {
     match project_kernel(file) {

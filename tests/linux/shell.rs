@@ -1,28 +1,10 @@
 //! An interactive shell over the serial console: Debian's busybox-static through `--exec`, on
 //! a real pseudo-terminal, as a user would type into it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Stdio;
-use std::time::Instant;
 
 use super::*;
-
-/// Reads the terminal until `needle` appears; returns everything read.
-fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
-    let start = Instant::now();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(
-            start.elapsed() < HW_LIMIT,
-            "{needle:?} never appeared: {}",
-            String::from_utf8_lossy(seen)
-        );
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 #[test]
 fn interactive_busybox_shell() {
