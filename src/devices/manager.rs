@@ -186,6 +186,7 @@ impl Registrar<'_> {
             self.mem.clone(),
             Arc::new(Interrupt::new(irqfd)),
             queue_evts,
+            EventFd::new(EFD_NONBLOCK).map_err(ManagerError::EventFd)?,
             self.logs.limit(place.spec.name()),
         )));
         self.mmio

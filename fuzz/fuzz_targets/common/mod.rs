@@ -59,11 +59,15 @@ pub fn drive_and_wait<D: VirtioDevice + 'static>(
         .filter_map(|_| EventFd::new(EFD_NONBLOCK).ok())
         .collect();
     let notify: Vec<EventFd> = evts.iter().filter_map(|e| e.try_clone().ok()).collect();
+    let Ok(retire) = EventFd::new(EFD_NONBLOCK) else {
+        return;
+    };
     let mut t = MmioTransport::new(
         device,
         mem.clone(),
         Arc::new(Interrupt::new(irq)),
         evts,
+        retire,
         Arc::new(ember::guest_log::LogLimit::new("fuzzed device")),
     );
     // The handshake: ACKNOWLEDGE, DRIVER, VERSION_1 and every offered feature, FEATURES_OK.

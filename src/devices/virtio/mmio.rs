@@ -53,18 +53,22 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     active: bool,
+    /// Written by a reset (on a vCPU thread): the event loop then has the device retire what
+    /// the reset let go.
+    retire_evt: EventFd,
     log: Arc<LogLimit>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// `device` behind a transport over `mem`, raising `interrupt`; `queue_evts` (one per
-    /// queue) are what the guest's queue notifications signal; `log` bounds the messages the
-    /// guest can cause.
+    /// queue) are what the guest's queue notifications signal; `retire_evt` wakes the event
+    /// loop after a reset; `log` bounds the messages the guest can cause.
     pub fn new(
         device: D,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queue_evts: Vec<EventFd>,
+        retire_evt: EventFd,
         log: Arc<LogLimit>,
     ) -> Self {
         let queues = Self::fresh_queues(&device);
@@ -80,6 +84,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             active: false,
+            retire_evt,
             log,
         }
     }
@@ -133,6 +138,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn reset(&mut self) {
         if self.active {
             self.device.reset();
+            // Cannot fail but for an overflow, after 2^64 resets.
+            let _ = self.retire_evt.write(1);
         }
         self.active = false;
         self.queues = Self::fresh_queues(&self.device);
@@ -328,7 +335,10 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+        if fd == self.retire_evt.as_raw_fd() {
+            let _ = self.retire_evt.read();
+            self.device.retire(ops);
+        } else if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
             // Drained either way: a notification before the device runs is dropped.
             let _ = self.queue_evts[q].read();
             if self.active && !self.interrupt.needs_reset() {
@@ -344,6 +354,9 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.retire_evt, EventSet::IN)) {
+            log::warn!("virtio: cannot watch the reset eventfd: {err:?}");
+        }
         let own = self.device.serves_own_queues();
         for e in self.queue_evts.iter().filter(|_| !own) {
             if let Err(err) = ops.add(Events::new(e.as_ref(), EventSet::IN)) {
@@ -409,6 +422,7 @@ pub(crate) mod tests {
             mem,
             irq,
             evts,
+            EventFd::new(EFD_NONBLOCK).unwrap(),
             Arc::new(LogLimit::new("probe")),
         )
     }

@@ -175,7 +175,12 @@ pub trait VirtioDevice: Send {
     /// The driver set DRIVER_OK: start serving `active`'s queues.
     fn activate(&mut self, active: Active);
     /// The driver reset the device: drop the queues, back to the state before activation.
+    /// Called on the vCPU thread that wrote the status, whose filter has no `close`: host
+    /// resources the reset lets go (a stream's fd) are kept for [`VirtioDevice::retire`].
     fn reset(&mut self);
+    /// After a reset, on the event loop's thread: close what the reset let go, and stop
+    /// watching it.
+    fn retire(&mut self, _ops: &mut EventOps) {}
     /// Whether the device waits on its queues' notifications itself, on a thread of its own
     /// (from [`Active::queue_evts`]), instead of being told on the event loop.
     fn serves_own_queues(&self) -> bool {

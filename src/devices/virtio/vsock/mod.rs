@@ -103,6 +103,8 @@ pub struct Vsock {
     rx_starved: bool,
     buf: Vec<u8>,
     active: Option<Active>,
+    /// Host streams a guest reset let go, closed on the event loop's thread.
+    retired: Vec<UnixStream>,
 }
 
 impl Vsock {
@@ -144,6 +146,7 @@ impl Vsock {
             rx_starved: false,
             buf: vec![0; MAX_PKT_DATA as usize],
             active: None,
+            retired: Vec::new(),
         })
     }
 
@@ -704,11 +707,21 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
-        // The guest's streams are gone with its driver; the host sides are closed.
+        // The guest's streams are gone with its driver; the host sides are closed by
+        // `retire`, on the event loop's thread.
         self.active = None;
-        self.conns.clear();
+        self.retired
+            .extend(self.conns.drain().map(|(_, c)| c.stream));
+        self.retired
+            .extend(self.pending.drain(..).map(|p| p.stream));
         self.control.clear();
-        self.pending.clear();
+    }
+
+    fn retire(&mut self, ops: &mut EventOps) {
+        for stream in self.retired.drain(..) {
+            // Already forgotten by the loop if it reported the stream meanwhile.
+            let _ = ops.remove(Events::empty(&stream));
+        }
     }
 
     fn host_fds(&self) -> Vec<RawFd> {
