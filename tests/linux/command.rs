@@ -134,6 +134,44 @@ fn a_script_reads_the_current_directory_and_writes_an_rwdir() {
     );
 }
 
+/// A checkout under the host's /tmp (where CI clones go), which the guest mounts a fresh
+/// tmpfs over: the working directory and an `--rwdir` there are still the host's, and writes
+/// outside the rwdir still vanish.
+#[test]
+fn a_working_directory_and_an_rwdir_under_tmp_are_the_hosts() {
+    let test = "a_working_directory_and_an_rwdir_under_tmp_are_the_hosts";
+    let Some(k) = ready(test) else { return };
+    let dir = std::env::temp_dir().join(format!("ember-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::write(dir.join("input.txt"), "from the host\n").unwrap();
+    let o = run_in(
+        &dir,
+        &k,
+        &[
+            "--rwdir",
+            "out",
+            "--",
+            "sh",
+            "-c",
+            "cat input.txt && pwd > out/pwd && echo gone > scratch && ls /tmp | wc -l",
+        ],
+    );
+    let pwd = std::fs::read_to_string(dir.join("out/pwd")).unwrap_or_default();
+    let scratch_written = dir.join("scratch").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (Some(0), "from the host\n1\n"),
+        "{o:?}"
+    );
+    assert_eq!(pwd, format!("{}\n", dir.display()));
+    assert!(
+        !scratch_written,
+        "a write outside the rwdir reached the host"
+    );
+}
+
 #[test]
 fn writes_outside_the_rwdirs_vanish_and_the_host_is_never_written() {
     let test = "writes_outside_the_rwdirs_vanish_and_the_host_is_never_written";
@@ -289,7 +327,7 @@ fn an_interactive_shell_on_a_real_pty() {
     let dir = scratch(test);
     let (mut master, slave) = pty();
     let cooked = lflag(&slave);
-    let child = ember()
+    let mut child = ember()
         .args(["run", "--kernel", &k, "--timeout", "240", "--", "sh"])
         .current_dir(&dir)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -301,7 +339,7 @@ fn an_interactive_shell_on_a_real_pty() {
     master
         .write_all(b"echo $((6 * 7))-on-$(tty | cut -c1-9)\r")
         .unwrap();
-    read_until(&mut master, &mut seen, "42-on-/dev/pts/");
+    read_until(&mut master, &mut seen, "42-on-/dev/pts/", &mut child);
     master.write_all(b"exit 3\r").unwrap();
     let o = wait(child, HW_LIMIT);
     assert_eq!(o.code, Some(3), "{o:?}: {}", String::from_utf8_lossy(&seen));

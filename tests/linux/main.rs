@@ -37,8 +37,24 @@ const PVM_LIMIT: Duration = Duration::from_secs(20 * 60);
 const HW_LIMIT: Duration = Duration::from_secs(300);
 
 /// Reads a terminal (a pty master) until `needle` appears in what was read, at most
-/// [`HW_LIMIT`].
-fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
+/// [`HW_LIMIT`]; fails at once when `ember` has exited (the test holds the slave open, so the
+/// master never reports an end: it is read without blocking).
+fn read_until(
+    master: &mut std::fs::File,
+    seen: &mut Vec<u8>,
+    needle: &str,
+    ember: &mut std::process::Child,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = master.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a live fd.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
     let start = std::time::Instant::now();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(seen).contains(needle) {
@@ -48,8 +64,20 @@ fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
             String::from_utf8_lossy(seen)
         );
         match std::io::Read::read(master, &mut buf) {
-            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => {
+                if let Ok(Some(status)) = ember.try_wait() {
+                    let mut said = String::new();
+                    if let Some(mut e) = ember.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut said);
+                    }
+                    panic!(
+                        "ember ended ({status}) before {needle:?} appeared: {}\nember: {said}",
+                        String::from_utf8_lossy(seen)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ fn interactive_busybox_shell() {
     }
     let (mut master, slave) = pty();
     let cooked = lflag(&slave);
-    let child = ember()
+    let mut child = ember()
         .args(["run", "--kernel", &k, "--exec", "/bin/busybox", "--", "sh"])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
@@ -34,11 +34,11 @@ fn interactive_busybox_shell() {
         .unwrap();
     let mut seen = Vec::new();
     // busybox's prompt for root.
-    read_until(&mut master, &mut seen, "# ");
+    read_until(&mut master, &mut seen, "# ", &mut child);
     master
         .write_all(b"echo $((6 * 7))-from-the-guest\r")
         .unwrap();
-    read_until(&mut master, &mut seen, "42-from-the-guest");
+    read_until(&mut master, &mut seen, "42-from-the-guest", &mut child);
     master.write_all(b"exit 3\r").unwrap();
     let o = wait(child, HW_LIMIT);
     assert_eq!(o.code, Some(3), "{o:?}: {}", String::from_utf8_lossy(&seen));

@@ -173,6 +173,15 @@ fn load_modules(modules: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Where the guest mounts fresh, empty file systems of its own over the root's directories.
+const FRESH: [&str; 3] = ["/tmp", "/run", "/dev/shm"];
+
+/// Whether `path` is `dir` or lies under it.
+fn within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Mounts the shares and the guest's own file systems under /ember/root, then moves there.
 fn set_up_root(spec: &Spec) -> Result<(), Failure> {
     let Some((root_tag, _, root_rw)) = spec.mounts.first() else {
@@ -215,11 +224,14 @@ fn set_up_root(spec: &Spec) -> Result<(), Failure> {
             }
         })?;
     }
-    for (tag, path, rw) in &spec.mounts[1..] {
-        let target = format!("{root}{path}");
-        let flags = if *rw { 0 } else { libc::MS_RDONLY };
-        mount(tag, &target, "virtiofs", flags, "").map_err(|e| fail_mount(path, e))?;
-    }
+    // The working directory may lie where the guest gets fresh file systems of its own (a
+    // checkout under the host's /tmp): held now, as the root shows it, and put back at its
+    // path once they are mounted.
+    let held = "/ember/cwd";
+    let cwd_in_root = format!("{root}{}", spec.cwd);
+    let hold = FRESH.iter().any(|f| within(&spec.cwd, f))
+        && std::path::Path::new(&cwd_in_root).is_dir()
+        && mount(&cwd_in_root, held, "", libc::MS_BIND | libc::MS_REC, "").is_ok();
     let own: [(&str, &str, &str, libc::c_ulong, &str); 7] = [
         ("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),
@@ -232,6 +244,17 @@ fn set_up_root(spec: &Spec) -> Result<(), Failure> {
     for (src, at, fstype, flags, data) in own {
         mount(src, &format!("{root}{at}"), fstype, flags, data)
             .map_err(|e| Failure(FAILED_MOUNT, format!("cannot mount the guest's {at}: {e}")))?;
+    }
+    if hold {
+        mount(held, &cwd_in_root, "", libc::MS_BIND | libc::MS_REC, "").map_err(|e| {
+            Failure(FAILED_MOUNT, format!("cannot put the working directory {} back: {e}", spec.cwd))
+        })?;
+    }
+    // The shares after the guest's own file systems, so that one under /tmp or /run is seen.
+    for (tag, path, rw) in &spec.mounts[1..] {
+        let target = format!("{root}{path}");
+        let flags = if *rw { 0 } else { libc::MS_RDONLY };
+        mount(tag, &target, "virtiofs", flags, "").map_err(|e| fail_mount(path, e))?;
     }
     // switch_root: the initramfs cannot be pivoted away from; move the new root over it.
     let (r, dot, slash) = (cstr(root), cstr("."), cstr("/"));
@@ -362,7 +385,13 @@ enum ChildIo {
     Terminal(CString),
 }
 
-/// In the child: becomes the program (never returns); on failure writes errno to `report`.
+/// The step of [`exec_child`] that failed, as its report says.
+const STEP_USER: u8 = 0;
+const STEP_CWD: u8 = 1;
+const STEP_EXEC: u8 = 2;
+
+/// In the child: becomes the program (never returns); on failure writes errno and the step
+/// that failed to `report`.
 fn exec_child(spec: &Spec, io: &ChildIo, report: RawFd) -> ! {
     let args: Vec<CString> = spec.args.iter().map(|a| cstr(a)).collect();
     let env: Vec<CString> = spec.env.iter().map(|e| cstr(e)).collect();
@@ -395,18 +424,22 @@ fn exec_child(spec: &Spec, io: &ChildIo, report: RawFd) -> ! {
                 }
             }
         }
-        let mut step = libc::setgroups(groups.len(), groups.as_ptr()) == 0
+        let step = if !(libc::setgroups(groups.len(), groups.as_ptr()) == 0
             && libc::setgid(spec.gid) == 0
-            && libc::setuid(spec.uid) == 0;
-        if step {
-            step = libc::chdir(cwd.as_ptr()) == 0;
-        }
-        if step {
+            && libc::setuid(spec.uid) == 0)
+        {
+            STEP_USER
+        } else if libc::chdir(cwd.as_ptr()) != 0 {
+            STEP_CWD
+        } else {
             libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        }
+            STEP_EXEC
+        };
         let e = *libc::__errno_location();
-        let bytes = e.to_le_bytes();
-        libc::write(report, bytes.as_ptr().cast(), 4);
+        let mut bytes = [0u8; 5];
+        bytes[..4].copy_from_slice(&e.to_le_bytes());
+        bytes[4] = step;
+        libc::write(report, bytes.as_ptr().cast(), 5);
         libc::_exit(127);
     }
 }
@@ -591,15 +624,25 @@ fn start(spec: &Spec, chan: RawFd) -> Result<Started, Failure> {
     drop(io);
     drop(child_ends);
     drop(report_w);
-    let mut e = [0u8; 4];
+    let mut e = [0u8; 5];
     // SAFETY: reading the child's report: EOF (exec closed it) means the program runs.
-    let n = unsafe { libc::read(report_r.as_raw_fd(), e.as_mut_ptr().cast(), 4) };
-    if n == 4 {
-        let err = std::io::Error::from_raw_os_error(i32::from_le_bytes(e));
+    let n = unsafe { libc::read(report_r.as_raw_fd(), e.as_mut_ptr().cast(), 5) };
+    if n == 5 {
+        let err = std::io::Error::from_raw_os_error(i32::from_le_bytes([e[0], e[1], e[2], e[3]]));
         let mut st = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, &mut st, 0) };
-        return Err(Failure(FAILED_START, err.to_string()));
+        return Err(match e[4] {
+            STEP_USER => Failure(
+                FAILED_SETUP,
+                format!("cannot become user {}:{}: {err}", spec.uid, spec.gid),
+            ),
+            STEP_CWD => Failure(
+                FAILED_SETUP,
+                format!("cannot enter the working directory {}: {err}", spec.cwd),
+            ),
+            _ => Failure(FAILED_START, err.to_string()),
+        });
     }
     send(chan, STARTED, &[]);
     Ok((pid, outputs, stdin, terminal, keep))
