@@ -112,6 +112,91 @@ fn a_snapshot_taken_at_ready_continues_in_new_processes() {
     );
 }
 
+/// Many VMs from one snapshot at once (tests/guests/resident.S: 32 MiB written before ready,
+/// read back and partly overwritten after): each sees the memory as it was at the snapshot,
+/// whatever the others write, and the memory file stays as it was. What they share is a
+/// benchmark's figure (bench/snapshot-sharing.sh), not a test's.
+#[test]
+fn vms_restored_from_one_snapshot_at_once_each_read_its_memory_back() {
+    let dir = scratch("resident").join("snap");
+    let kernel = guest("resident");
+    let o = run(
+        &[
+            "run",
+            "--kernel",
+            s(&kernel),
+            "--no-initrd",
+            "--mem-mib",
+            "64",
+            "--snapshot-on-ready",
+            s(&dir),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!((o.code, o.stdout.as_str()), (Some(0), "ready\n"), "{o:?}");
+    let before = std::fs::read(dir.join("memory")).expect("memory file");
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    run_until_then_stop(
+                        &["run", "--restore", s(&dir)],
+                        "resident: checked\n",
+                        Duration::from_secs(60),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("restore thread"))
+            .collect()
+    });
+    for o in &outcomes {
+        assert_eq!(o.stdout, "resident: checked\n", "{o:?}");
+        // Stopped by the test's SIGTERM while halted.
+        assert_eq!(o.code, Some(143), "{o:?}");
+    }
+    assert!(
+        std::fs::read(dir.join("memory")).expect("memory file") == before,
+        "a restore changed the memory file"
+    );
+}
+
+/// Two and four vCPUs (tests/guests/smp.S): the snapshot is taken with every AP halted after
+/// its first start, and in the restored VM the BSP starts each of them again (INIT, SIPI)
+/// and waits for its answer.
+#[test]
+fn a_snapshot_of_several_vcpus_restores_every_one() {
+    for n in [2u32, 4] {
+        let dir = scratch(&format!("smp{n}")).join("snap");
+        let vcpus = n.to_string();
+        let o = run_guest(
+            "smp",
+            &[
+                "--vcpus",
+                &vcpus,
+                "--overcommit-vcpus",
+                "--snapshot-on-ready",
+                s(&dir),
+            ],
+        );
+        assert_eq!(o.code, Some(0), "{n} vCPUs: {o:?}");
+        let o = restore(&dir);
+        assert_eq!(o.code, Some(0), "{n} vCPUs: {o:?}");
+        for id in 1..n {
+            assert_eq!(
+                o.stdout.matches(&format!("cpu {id} up\n")).count(),
+                1,
+                "vCPU {id} of {n} after the restore: {o:?}"
+            );
+        }
+        assert!(
+            o.stdout.ends_with(&format!("smp: all {n} cpus up\n")),
+            "{n} vCPUs: {o:?}"
+        );
+    }
+}
+
 #[test]
 fn continue_after_snapshot_runs_on_and_leaves_a_snapshot() {
     let dir = scratch("continue-after").join("snap");

@@ -1,6 +1,8 @@
 #include "guest.h"
 /* SMP: the BSP wakes the APs with INIT-SIPI-SIPI; each AP prints its APIC id (from CPUID)
-   under a spinlock and counts itself in; the BSP waits for all of them. */
+   under a spinlock and counts itself in; the BSP waits for all of them, says ready (where
+   --snapshot-on-ready snapshots the VM), and wakes and waits for them once more: each AP
+   prints "cpu N up" twice, then the BSP "smp: all N cpus up". */
 #define TRAMPOLINE 0x10000          /* SIPI vector 0x10 */
 #define DATA_SEG   0x1000           /* real-mode segment of the shared data at 0x11000 */
 #define LOCK       0x11000
@@ -29,18 +31,23 @@ _start:
     movl $0, LOCK
     movl $0, COUNT
 
-    /* Enable the LAPIC, then INIT, SIPI, SIPI to all but self. */
+    /* Enable the LAPIC, then two rounds of INIT, SIPI, SIPI to all but self, each waited
+       for. Between them the guest says ready (124 on the boot-timer port): there
+       --snapshot-on-ready snapshots it, every AP halted after its first start, and the second
+       round, in the restored VM, starts the restored APs again. */
     mov $LAPIC, %rbx
     movl $0x1ff, 0xf0(%rbx)
+    mov %r12, %r13
+    dec %r13                    /* r13: APs that have counted in so far, once waited for */
+    xor %r15, %r15              /* r15: rounds done */
+wake:
     movl $0x000c4500, 0x300(%rbx)
     call delay
     movl $0x000c4610, 0x300(%rbx)
     call delay
     movl $0x000c4610, 0x300(%rbx)
 
-    /* Wait for N-1 APs, for at most 10^10 TSC cycles (seconds). */
-    mov %r12, %r13
-    dec %r13
+    /* Wait for the round's APs, for at most 10^10 TSC cycles (seconds). */
     rdtsc
     shl $32, %rdx
     or %rax, %rdx
@@ -57,8 +64,17 @@ _start:
     lea timeout(%rip), %rsi
     call puts
     call reset
-2:  /* Take the lock so the line is not interleaved with a late AP print. */
-    lea all(%rip), %rsi
+2:  inc %r15
+    cmp $2, %r15
+    je 3f
+    mov $BOOT_TIMER_PORT, %dx
+    mov $124, %al
+    out %al, %dx
+    mov %r12, %rax
+    dec %rax
+    add %rax, %r13
+    jmp wake
+3:  lea all(%rip), %rsi
     call puts
     mov %r12, %rax
     call putdec
