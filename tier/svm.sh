@@ -18,7 +18,8 @@
 # prints where L1's CPUs were and its console, stops it, and in test mode boots a new L1 for
 # the tests that had not finished, the interrupted one first, as often as --timeout allows
 # (each test runs in its own test-binary run, so one that had passed is not run again). A test
-# that fails is a failure, never retried; one during which L1 wedges twice counts as failed.
+# that fails is a failure, never retried; one during which L1 wedges three times
+# (EMBER_L1_WEDGES_PER_TEST) counts as failed.
 #
 # What the emulator gets wrong, and how this script avoids it (docs/hosts.md, "The hardware
 # tier"): with two or more L1 CPUs, QEMU's multi-threaded TCG loses track of an L2 guest's
@@ -325,8 +326,10 @@ if [ "$mode" = run ]; then
 fi
 
 # Test mode: a wedged L1 is the emulator's, so a new L1 runs the tests left, the interrupted
-# one first, as often as it takes within --timeout; a test during which L1 wedges twice is a
-# failure (exit 126 in the list), so a test that wedges L1 by itself cannot loop the tier.
+# one first, as often as it takes within --timeout; a test during which L1 wedges
+# $wedges_per_test times is a failure (exit 126 in the list), so a test that wedges L1 by
+# itself cannot loop the tier.
+wedges_per_test=${EMBER_L1_WEDGES_PER_TEST:-3}
 tests_left() { grep -vxFf <(cut -d' ' -f2- "$ctl/done") "$ctl/tests" || true; }
 : > "$ctl/wedged"
 wedges=0
@@ -340,11 +343,11 @@ while :; do
   [ -n "$left" ] || { brc=0; break; }
   t=${left%%$'\n'*}
   say "L1 wedged during $t; $(wc -l < "$ctl/done") of $(wc -l < "$ctl/tests") tests had finished"
-  if grep -qxF "$t" "$ctl/wedged"; then
-    say "L1 wedged twice during $t: counted as failed"
+  echo "$t" >> "$ctl/wedged"
+  if [ "$(grep -cxF "$t" "$ctl/wedged")" -ge "$wedges_per_test" ]; then
+    say "L1 wedged $wedges_per_test times during $t: counted as failed"
     echo "126 $t" >> "$ctl/done"
   fi
-  echo "$t" >> "$ctl/wedged"
   [ -n "$(tests_left)" ] && say "booting a new L1 for the tests left"
 done
 [ "$wedges" = 0 ] || say "L1 wedged $wedges times in this run"
