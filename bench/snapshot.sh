@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Restore against cold boot, on the tiny snapshot guest (tests/guests/snapshot.S), alternating
-# run by run: the time from ember's exec to its first KVM_RUN, and to the process's end, from
-# ember's own --timings (docs/timings.md), as medians and as the ratio restore/cold.
+# Restore against cold boot, alternating run by run: the time from ember's exec to its first
+# KVM_RUN, and to the process's end, from ember's own --timings (docs/timings.md), as medians
+# and as the ratio restore/cold.
 #
-#   bench/snapshot.sh [ROUNDS]      (default 31; build first: cargo build --release)
+#   bench/snapshot.sh [ROUNDS]                 the tiny snapshot guest (tests/guests/snapshot.S)
+#   bench/snapshot.sh ROUNDS --linux KERNEL    a Linux guest: KERNEL with `--exec /bin/busybox
+#                                              -- true`, snapshotted where ember's init says
+#                                              ready (hardware tier: tier/svm.sh run -- ...)
 #
-# The cold boot runs the guest from its first instruction (it counts 3 timer ticks, says
-# ready, waits 3 more, checks and resets: about 60 ms of guest time); the restore continues it
-# from "ready" (3 ticks: about 30 ms). Compare the first-instruction figures; the end-to-end
-# ones include the guest's own waits. Figures: docs/snapshot.md.
+# (default 31 rounds; build first: cargo build --release). The tiny guest, cold, runs from its
+# first instruction (it counts 3 timer ticks, says ready, waits 3 more, checks and resets:
+# about 60 ms of guest time); the restore continues it from "ready" (3 ticks: about 30 ms).
+# The Linux guest, cold, boots and runs `true`; restored, it runs `true` and reboots. Compare
+# the first-instruction figures for the tiny guest, the process end for Linux. Figures:
+# docs/snapshot.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-31}
@@ -16,9 +21,16 @@ target=target/x86_64-unknown-linux-gnu/release
 ember=$target/ember
 guest=$(ls -td "$target"/build/ember-*/out/guests 2>/dev/null | head -1)/snapshot
 [ -x "$ember" ] && [ -f "$guest" ] || { echo "bench/snapshot.sh: build first: cargo build --release" >&2; exit 1; }
-work=$(mktemp -d /tmp/ember-snapshot-bench.XXXXXX)
+boot=(--kernel "$guest" --no-initrd)
+if [ "${2:-}" = --linux ]; then
+  [ -f "${3:-}" ] || { echo "bench/snapshot.sh: --linux needs a kernel" >&2; exit 2; }
+  boot=(--kernel "$3" --exec /bin/busybox -- true)
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/ember-snapshot-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-"$ember" run --kernel "$guest" --no-initrd --snapshot-on-ready "$work/snap" > /dev/null 2>&1
+# The snapshot flags before `--`, which ends the boot flags of an --exec run.
+snap=(--snapshot-on-ready "$work/snap")
+"$ember" run "${boot[@]:0:2}" "${snap[@]}" "${boot[@]:2}" > /dev/null 2>&1
 
 # Prints "first_kvm_run_ns process_exit_ns" from one --timings=json report.
 phases() {
@@ -29,7 +41,7 @@ print(p["first_kvm_run"], p["process_exit"])' "$1"
 }
 
 for i in $(seq "$rounds"); do
-  "$ember" run --kernel "$guest" --no-initrd --timings="$work/t.json" > /dev/null
+  "$ember" run --timings="$work/t.json" "${boot[@]}" > /dev/null
   echo "cold $(phases "$work/t.json")" >> "$work/runs"
   "$ember" run --restore "$work/snap" --timings="$work/t.json" > /dev/null
   echo "restore $(phases "$work/t.json")" >> "$work/runs"

@@ -19,9 +19,9 @@ pub struct RunFacts {
 
 impl RunFacts {
     /// The facts of a restored VM: no program, no default timeout.
-    pub fn restored() -> Self {
+    pub fn restored(exec: Option<std::path::PathBuf>) -> Self {
         Self {
-            exec: None,
+            exec,
             program: None,
             timeout_is_default: false,
         }
@@ -89,6 +89,12 @@ pub fn for_outcome(
 ) -> Result<u8, Failure> {
     let fail = |code, message: String| Err(Failure { code, message });
     match outcome {
+        // A snapshot taken where the guest said ready, as asked: the program runs in the VMs
+        // restored from it.
+        VmOutcome::Stopped {
+            reason: ExitReason::Snapshotted,
+            ..
+        } => Ok(0),
         VmOutcome::Stopped { status, .. } => match (&vm.exec, status) {
             (Some(_), Some(s)) => Ok(*s),
             (Some(program), None) => fail(

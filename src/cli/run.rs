@@ -250,13 +250,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             process_io: None,
             snapshot_on_ready: None,
         };
+        let facts = exit_code::RunFacts::restored(loaded.vm.exec.clone());
         let mut vmm = Vmm::restore(loaded, runtime).map_err(|e| {
             let mut f = Failure::from(e);
             f.message = format!("--restore {}: {}", dir.display(), f.message);
             f
         })?;
         vmm.set_timeout(args.timeout.filter(|t| !t.is_zero()));
-        let facts = exit_code::RunFacts::restored();
         return finish(
             vmm,
             false,

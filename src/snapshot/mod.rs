@@ -54,6 +54,10 @@ pub struct VmState {
     pub ioapic: IoapicState,
     /// COM1.
     pub serial: SerialState,
+    /// The `--exec` program the guest runs, whose status (I/O port 0x3f1) becomes ember's
+    /// exit code after a restore too.
+    #[serde(default)]
+    pub exec: Option<std::path::PathBuf>,
 }
 
 /// The state file's payload, as read.

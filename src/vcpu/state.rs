@@ -12,6 +12,9 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
+/// The busy bit of a TSS descriptor's type (11: a busy 64-bit TSS, 9: an available one).
+const TSS_BUSY: u8 = 0x2;
+
 /// What KVM keeps for one vCPU.
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
@@ -99,6 +102,14 @@ impl VcpuState {
         })
     }
 
+    /// Whether the vCPU was an AMD one (CPUID leaf 0: "AuthenticAMD").
+    fn amd(&self) -> bool {
+        self.cpuid
+            .iter()
+            .find(|e| e.function == 0)
+            .is_some_and(|e| (e.ebx, e.edx, e.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163))
+    }
+
     /// Sets this state on a freshly created vCPU, before it first runs.
     pub fn restore(&self, fd: &VcpuFd) -> Result<(), StateError> {
         let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| StateError {
@@ -115,7 +126,16 @@ impl VcpuState {
         fd.set_mp_state(self.mp_state)
             .map_err(err("set the MP state"))?;
         fd.set_regs(&self.regs).map_err(err("set the registers"))?;
-        fd.set_sregs(&self.sregs)
+        let mut sregs = self.sregs;
+        if self.amd() {
+            // KVM on AMD reports the task register busy whatever the VMCB holds (its
+            // svm_get_segment sets the bit); the VMCB itself keeps what LTR cached, an
+            // available TSS. Given back as that: QEMU's SVM emulation (the hardware tier)
+            // refuses a user-mode port access through a busy TSS, which kills a restored
+            // Linux guest's init at its first status write.
+            sregs.tr.type_ &= !TSS_BUSY;
+        }
+        fd.set_sregs(&sregs)
             .map_err(err("set the special registers"))?;
         // SAFETY: a kvm_xsave is KVM's legacy 4 KiB area, which is what get_xsave read and
         // what set_xsave passes; no larger (XSAVE2) buffer is involved.

@@ -358,6 +358,7 @@ pub struct Vmm {
     mem_size: u64,
     /// The first virtio device's input, if any: a snapshot cannot hold it yet.
     first_device: Option<String>,
+    exec: Option<std::path::PathBuf>,
     snapshot_on_ready: Option<SnapshotOnReady>,
     /// Startup stamps.
     pub timeline: Arc<Timeline>,
@@ -557,6 +558,8 @@ struct Extras {
     mem_size: u64,
     /// The first virtio device's input: a snapshot cannot hold it yet.
     first_device: Option<String>,
+    /// The `--exec` program, whose status the guest reports (kept in a snapshot).
+    exec: Option<std::path::PathBuf>,
 }
 
 impl Vmm {
@@ -722,6 +725,7 @@ impl Vmm {
             entry: Some(kernel.entry),
             mem_size: vm.mem_size,
             first_device: vm.devices.first().map(|d| d.input.clone()),
+            exec: vm.exec.clone(),
         };
         Ok(Self::assemble(base, extras, runtime))
     }
@@ -760,6 +764,7 @@ impl Vmm {
             msr_index: Arc::new(msr_index),
             mem_size: extras.mem_size,
             first_device: extras.first_device,
+            exec: extras.exec,
             snapshot_on_ready: runtime.snapshot_on_ready,
             timeout: extras.timeout,
             measure_guest_memory: runtime.measure_guest_memory,

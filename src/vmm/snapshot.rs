@@ -93,6 +93,7 @@ impl Vmm {
             clock,
             ioapic: lock(&self.ioapic).state(),
             serial: lock(&self.serial).state(),
+            exec: self.exec.clone(),
         };
         snapshot::write(files, &state, &self.mem)
     }
@@ -144,6 +145,7 @@ impl Vmm {
             entry: None,
             mem_size: vm.mem_size,
             first_device: None,
+            exec: vm.exec.clone(),
         };
         Ok(Self::assemble(base, extras, runtime))
     }
@@ -168,6 +170,9 @@ const FEATURE_LEAVES: &[(u32, u32)] = &[
 /// Bits of leaf 1 that are the vCPU's or the OS's, not the CPU's: ECX's OSXSAVE (27) and
 /// hypervisor (31) bits.
 const LEAF1_ECX_NOT_FEATURES: u32 = (1 << 27) | (1 << 31);
+/// Leaf 7's ECX bit that is the OS's: OSPKE (4), CR4.PKE as the guest set it (a Linux guest
+/// does where the CPU has protection keys).
+const LEAF7_ECX_NOT_FEATURES: u32 = 1 << 4;
 
 /// Refuses a snapshot whose vCPU `saved` was given a CPU feature this host's KVM does not
 /// offer (`offered`: what it makes of ember's CPUID for this host), or another vendor's CPU:
@@ -209,6 +214,9 @@ fn check_cpu(snap: &Loaded, saved: &VcpuState, offered: &CpuId) -> Result<(), Sn
             let (was, is) = match (leaf, name) {
                 (0x1, "eax" | "ebx") => continue,
                 (0x1, "ecx") => (was & !LEAF1_ECX_NOT_FEATURES, is & !LEAF1_ECX_NOT_FEATURES),
+                (0x7, "ecx") if sub == 0 => {
+                    (was & !LEAF7_ECX_NOT_FEATURES, is & !LEAF7_ECX_NOT_FEATURES)
+                }
                 (0xd, "ebx" | "ecx") => continue,
                 (0x8000_0008, "eax") if was & 0xff != is & 0xff => {
                     return refuse(format!(

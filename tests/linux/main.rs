@@ -17,6 +17,7 @@ mod exec;
 mod project_kernel;
 mod shell;
 mod smp;
+mod snapshot;
 mod soak;
 mod timeline;
 

@@ -20,6 +20,8 @@ use std::process::Command;
 /// The boot-timer port and the value that means "userspace reached" (Firecracker's).
 const BOOT_TIMER_PORT: u16 = 0x3f0;
 const BOOT_COMPLETE: u8 = 123;
+/// ember's "ready", on the same port: the point where `--snapshot-on-ready` snapshots the VM.
+const READY: u8 = 124;
 /// ember's workload-status register.
 const STATUS_PORT: u16 = 0x3f1;
 const EXEC_PATH: &str = "/ember/exec";
@@ -154,8 +156,16 @@ fn mount_fs(fstype: &str, target: &str) {
 /// `CONFIG_X86_IOPL_IOPERM`, say), ember never hears of the boot or the status: say so on the
 /// console, once, rather than fail in silence.
 fn outb(port: u16, value: u8) {
-    // SAFETY: asks the kernel for access to one port; failure is reported below.
-    if unsafe { ioperm(u64::from(port), 1, 1) } != 0 {
+    // Both of ember's ports at once, whichever is written: the grant is then in place from
+    // the first write on (in a VM restored from a snapshot too, whose kernel granted it before
+    // the snapshot).
+    let (first, count) = if (BOOT_TIMER_PORT..=STATUS_PORT).contains(&port) {
+        (BOOT_TIMER_PORT, STATUS_PORT - BOOT_TIMER_PORT + 1)
+    } else {
+        (port, 1)
+    };
+    // SAFETY: asks the kernel for access to the ports; failure is reported below.
+    if unsafe { ioperm(u64::from(first), u64::from(count), 1) } != 0 {
         let e = std::io::Error::last_os_error();
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| {
@@ -257,6 +267,9 @@ fn main() {
     if std::path::Path::new("/ember/run").exists() {
         run::main();
     }
+    // Ready: booted, the file systems mounted, the work not started. A snapshot taken here
+    // runs the work afresh in every VM restored from it.
+    outb(BOOT_TIMER_PORT, READY);
     if std::path::Path::new(EXEC_PATH).exists() {
         let status = run_exec();
         outb(STATUS_PORT, status);
