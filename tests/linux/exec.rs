@@ -5,24 +5,10 @@ use super::*;
 #[test]
 fn exec_returns_the_program_status() {
     let test = "exec_returns_the_program_status";
-    let Some(k) = kernel_or_skip(test, "vmlinux") else {
+    let Some(k) = exec_ready(test, "the initramfs it packs is unit-tested") else {
         return;
     };
-    if !hardware(test) {
-        skip(
-            test,
-            "Linux userspace does not run on a PVM-based /dev/kvm (the initramfs it packs is unit-tested)",
-        );
-        return;
-    }
-    let busybox = "/bin/busybox";
-    if !std::path::Path::new(busybox).exists() {
-        skip(
-            test,
-            "needs busybox-static (apt-get install busybox-static)",
-        );
-        return;
-    }
+    let busybox = BUSYBOX;
     // A clean exit, a status, and death by a signal (128 + 9, as a shell reports it).
     for (script, status) in [
         ("echo exec says hi", 0),

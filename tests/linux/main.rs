@@ -94,6 +94,30 @@ fn kernel_or_skip(test: &str, file: &str) -> Option<String> {
     }
 }
 
+/// For an `--exec` test: the project kernel in the hardware tier, with a static busybox at
+/// [`BUSYBOX`], or a SKIP line (`pvm_note` says what covers the test on PVM).
+fn exec_ready(test: &str, pvm_note: &str) -> Option<String> {
+    let k = kernel_or_skip(test, "vmlinux")?;
+    if !hardware(test) {
+        skip(
+            test,
+            &format!("Linux userspace does not run on a PVM-based /dev/kvm ({pvm_note})"),
+        );
+        return None;
+    }
+    if !std::path::Path::new(BUSYBOX).exists() {
+        skip(
+            test,
+            "needs busybox-static (apt-get install busybox-static)",
+        );
+        return None;
+    }
+    Some(k)
+}
+
+/// A static program every `--exec` test can run: Debian's busybox-static.
+const BUSYBOX: &str = "/bin/busybox";
+
 /// Whether this is the hardware tier; prints the TIER line.
 fn hardware(test: &str) -> bool {
     matches!(tier(test), HostFlavour::Hardware(_))

@@ -7,24 +7,10 @@ use super::*;
 #[test]
 fn a_booted_linux_guest_restored_ten_times_runs_its_work_each_time() {
     let test = "a_booted_linux_guest_restored_ten_times_runs_its_work_each_time";
-    let Some(k) = kernel_or_skip(test, "vmlinux") else {
+    let Some(k) = exec_ready(test, "tests/snapshot.rs covers the tiny guests") else {
         return;
     };
-    if !hardware(test) {
-        skip(
-            test,
-            "Linux userspace does not run on a PVM-based /dev/kvm (tests/snapshot.rs covers the tiny guests)",
-        );
-        return;
-    }
-    let busybox = "/bin/busybox";
-    if !std::path::Path::new(busybox).exists() {
-        skip(
-            test,
-            "needs busybox-static (apt-get install busybox-static)",
-        );
-        return;
-    }
+    let busybox = BUSYBOX;
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/snapshot-tests")
         .join(test);
