@@ -302,6 +302,50 @@ fn damaged_snapshots_are_refused_in_one_line() {
     one_line_error(&o, 2, &["--restore", "/etc/passwd is not a directory"]);
 }
 
+/// A snapshot from a host of the other CPU vendor (its state file rewritten, resealed with a
+/// valid checksum): refused in one line saying so, before KVM is given any of the state.
+#[test]
+fn a_snapshot_from_another_cpu_vendor_is_refused_in_one_line() {
+    let from = taken("vendor");
+    let dir = scratch("vendor-swapped").join("snap");
+    copy_snapshot(&from, &dir);
+    let state = dir.join("state");
+    let bytes = std::fs::read(&state).expect("state file");
+    // The header: magic, format, reserved, payload length, payload checksum (32 bytes).
+    let (header, body) = bytes.split_at(32);
+    let mut payload: serde_json::Value = serde_json::from_slice(body).expect("JSON payload");
+    let mut swapped = 0;
+    for vcpu in payload["vm"]["vcpus"].as_array_mut().expect("vcpus") {
+        // Each kvm_cpuid_entry2 as its 40 bytes: function, index, flags, eax, ebx, ecx, edx, ...
+        let cpuid = vcpu["cpuid"].as_array_mut().expect("cpuid");
+        for entry in cpuid.iter_mut().filter_map(|e| e.as_array_mut()) {
+            let word = |i: usize| entry[i].as_u64().unwrap_or(0) as u8;
+            if (0..4).any(|i| word(i) != 0) {
+                continue;
+            }
+            // EBX, ECX, EDX of leaf 0.
+            let vendor: Vec<u8> = (16..28).map(word).collect();
+            let other: &[u8; 12] = if &vendor[..] == b"GenuntelineI" {
+                b"AuthcAMDenti"
+            } else {
+                b"GenuntelineI"
+            };
+            for (i, b) in other.iter().enumerate() {
+                entry[16 + i] = serde_json::Value::from(*b);
+            }
+            swapped += 1;
+        }
+    }
+    assert!(swapped > 0, "no CPUID leaf 0 in the state file");
+    let body = serde_json::to_vec(&payload).expect("JSON");
+    let mut out = header[..16].to_vec();
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&ember::snapshot::checksum::of(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    std::fs::write(&state, out).expect("rewrite the state file");
+    one_line_error(&restore(&dir), 2, &["another CPU vendor's host"]);
+}
+
 #[test]
 fn snapshot_flags_bad_input() {
     let dir = scratch("bad-input");

@@ -161,17 +161,16 @@ impl Vcpu {
         })
     }
 
-    /// Creates vCPU `state.id` and sets `state` on it: a snapshot's vCPU, continued. Also
-    /// gives back the CPUID this host's KVM makes of `template` (ember's own, for a vCPU of
-    /// this host), so the caller can check the saved one asks for nothing more: a PVM host
-    /// imposes its own leaves, which its supported list does not show.
-    pub fn restored(
+    /// Creates vCPU `id` for a snapshot's state ([`Vcpu::set_state`] next), and gives back
+    /// the CPUID this host's KVM makes of `template` (ember's own, for a vCPU of this host),
+    /// so the caller can check, before setting any of it, that the saved state asks for
+    /// nothing more: a PVM host imposes its own leaves, which its supported list does not show.
+    pub fn for_restore(
         vm: &VmFd,
-        state: &VcpuState,
+        id: u32,
         template: &CpuId,
         logs: &GuestLogs,
     ) -> Result<(Self, CpuId), VcpuError> {
-        let id = state.id;
         let kvm = |what: &'static str| {
             move |source| VcpuError::Kvm {
                 cpu: id,
@@ -185,9 +184,6 @@ impl Vcpu {
         let offered = fd
             .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("read CPUID"))?;
-        state
-            .restore(&fd)
-            .map_err(|source| VcpuError::State { cpu: id, source })?;
         let control = Arc::new(VcpuControl::new(id, fd.get_kvm_run()));
         let vcpu = Self {
             fd,
@@ -196,6 +192,14 @@ impl Vcpu {
             log: logs.limit(format!("vCPU {id}")),
         };
         Ok((vcpu, offered))
+    }
+
+    /// Sets a snapshot's `state` on this vCPU, before it first runs.
+    pub fn set_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        state.restore(&self.fd).map_err(|source| VcpuError::State {
+            cpu: self.id,
+            source,
+        })
     }
 
     /// The handle through which this vCPU's thread is paused, resumed and stopped.

@@ -122,8 +122,12 @@ impl Vmm {
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
         for saved in &vm.vcpus {
             let template = vcpu_cpuid(&supported, saved.id, count);
-            let (vcpu, offered) = Vcpu::restored(&base.vm, saved, &template, &base.guest_logs)?;
+            let (vcpu, offered) =
+                Vcpu::for_restore(&base.vm, saved.id, &template, &base.guest_logs)?;
+            // Before any of the state: KVM refuses parts of another CPU's (its XSAVE layout,
+            // say) with a bare EINVAL, where this says why.
             check_cpu(&snap, saved, &offered)?;
+            vcpu.set_state(saved)?;
             vcpus.push(vcpu);
         }
         let mut clock = vm.clock;
