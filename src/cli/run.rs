@@ -3,10 +3,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ember::config::{self, ConfigError, Exec, VmConfig};
+use ember::devices::manager::DeviceSpec;
 use ember::devices::serial::FdWriter;
 use ember::kvm::HostFlavour;
 use ember::placement::Placement;
@@ -107,6 +108,11 @@ pub struct RunArgs {
         "snapshot_on_ready",
     ])]
     restore: Option<PathBuf>,
+    /// With --restore: open the snapshot's device ID on another host path: a disk's image,
+    /// a network interface's TAP, or (ID `vsock`) the vsock socket. Repeatable; the other
+    /// devices open what the snapshot names.
+    #[arg(long, value_name = "ID=PATH", requires = "restore")]
+    reattach: Vec<String>,
     /// The program to run in the guest, from the host's files (or --root's), and its
     /// arguments: `ember run -- make check`. With --exec, the static program's arguments.
     #[arg(last = true, value_name = "PROG [ARGS]")]
@@ -114,6 +120,37 @@ pub struct RunArgs {
     /// What shapes a program's VM.
     #[command(flatten)]
     pub process: super::process::ProcessArgs,
+}
+
+/// Names each of a loaded snapshot's devices for messages, and moves those `--reattach`
+/// names to their new host paths.
+fn reattach(loaded: &mut snapshot::Loaded, dir: &Path, moves: &[String]) -> Result<(), Failure> {
+    let state = dir.join(snapshot::STATE_FILE);
+    for d in &mut loaded.vm.devices {
+        d.place.input = format!(
+            "{}: {} ({})",
+            state.display(),
+            d.place.spec.name(),
+            d.place.spec.host_path()
+        );
+    }
+    for m in moves {
+        let bad = |why: String| Failure {
+            code: exit_code::BAD_INPUT,
+            message: format!("--reattach {m}: {why}"),
+        };
+        let Some((id, path)) = m
+            .split_once('=')
+            .filter(|(i, p)| !i.is_empty() && !p.is_empty())
+        else {
+            return Err(bad(
+                "write ID=PATH: a device's id in the snapshot (a drive's id, an interface's id, vsock) and its new host path".into(),
+            ));
+        };
+        let place = loaded.vm.reattach(id, path).map_err(&bad)?;
+        place.input = format!("--reattach {m}");
+    }
+    Ok(())
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -232,10 +269,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         Seccomp::AllThreads
     };
     if let Some(dir) = &args.restore {
-        let loaded = snapshot::load(dir).map_err(|e| Failure {
+        let mut loaded = snapshot::load(dir).map_err(|e| Failure {
             code: exit_code::BAD_INPUT,
             message: format!("--restore: {e}"),
         })?;
+        reattach(&mut loaded, dir, &args.reattach)?;
         timeline.mark(Phase::ConfigParsed);
         let tail = ConsoleTail::new(false);
         let runtime = Runtime {
@@ -285,6 +323,27 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         return Ok(0);
     }
     timeline.mark(Phase::ConfigParsed);
+    if args.snapshot_on_ready.is_some() {
+        let unheld = vm.devices.iter().find(|d| {
+            matches!(
+                d.spec,
+                DeviceSpec::Fs { .. } | DeviceSpec::Vsock { channel: true, .. }
+            )
+        });
+        if let Some(device) = unheld {
+            let what = if config.process.is_some() {
+                "a program run (`-- PROG`) shares the host's files over virtio-fs and talks to its init over vsock".to_string()
+            } else {
+                format!("this VM shares a host directory ({})", device.input)
+            };
+            return Err(Failure {
+                code: exit_code::BAD_INPUT,
+                message: format!(
+                    "--snapshot-on-ready: {what}, which snapshots do not hold yet: run a static program from an initramfs with --exec instead"
+                ),
+            });
+        }
+    }
     if vm.linux_on_pvm {
         // One line, whatever the log level: the user must know why Linux crawls here.
         super::stderr::write(
@@ -304,15 +363,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut made_dir = false;
     let snapshot_on_ready = match &args.snapshot_on_ready {
         Some(dir) => {
-            if let Some(device) = vm.devices.first() {
-                return Err(Failure {
-                    code: exit_code::BAD_INPUT,
-                    message: format!(
-                        "--snapshot-on-ready: snapshots hold VMs without virtio devices so far, and this one has {}: leave it out",
-                        device.input
-                    ),
-                });
-            }
             let files = SnapshotFiles::create(dir).map_err(|e| Failure {
                 code: exit_code::BAD_INPUT,
                 message: format!("--snapshot-on-ready: {e}"),

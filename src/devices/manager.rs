@@ -18,7 +18,10 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::bus::{Bus, BusError};
-use super::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
+use serde::{Deserialize, Serialize};
+
+use super::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, SavedTransport, WINDOW_SIZE};
+use super::virtio::state::TransportState;
 use super::virtio::{Interrupt, VirtioDevice};
 use crate::arch::x86_64::acpi::AcpiDevice;
 use crate::arch::x86_64::layout;
@@ -51,7 +54,7 @@ pub enum ManagerError {
 }
 
 /// Which device a slot is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
     /// A virtio block device.
     Block(Drive),
@@ -75,6 +78,47 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The device's id, as a snapshot's devices are reattached by: the drive's or the
+    /// interface's id, `vsock`, or the share's tag.
+    pub fn id(&self) -> &str {
+        match self {
+            DeviceSpec::Block(d) => &d.drive_id,
+            DeviceSpec::Net(n) => &n.iface_id,
+            DeviceSpec::Vsock { .. } => "vsock",
+            DeviceSpec::Fs { tag, .. } => tag,
+        }
+    }
+
+    /// The host path or name behind it: the disk's file, the TAP, vsock's socket, the shared
+    /// directory.
+    pub fn host_path(&self) -> String {
+        match self {
+            DeviceSpec::Block(d) => d.path_on_host.display().to_string(),
+            DeviceSpec::Net(n) => n.host_dev_name.clone(),
+            DeviceSpec::Vsock { config, .. } => config
+                .as_ref()
+                .map(|v| v.uds_path.display().to_string())
+                .unwrap_or_default(),
+            DeviceSpec::Fs { dir, .. } => dir.path_on_host.display().to_string(),
+        }
+    }
+
+    /// The same device with its host side at `path` (a restore's reattachment): the disk's
+    /// file, the TAP's name, or vsock's socket. A share cannot move, nor a vsock device
+    /// without a socket.
+    pub fn reattached(&self, path: &str) -> Option<DeviceSpec> {
+        let mut spec = self.clone();
+        match &mut spec {
+            DeviceSpec::Block(d) => d.path_on_host = path.into(),
+            DeviceSpec::Net(n) => n.host_dev_name = path.into(),
+            DeviceSpec::Vsock {
+                config: Some(v), ..
+            } => v.uds_path = path.into(),
+            _ => return None,
+        }
+        Some(spec)
+    }
+
     /// How messages name the device: its kind and id.
     pub fn name(&self) -> String {
         match self {
@@ -87,7 +131,7 @@ impl DeviceSpec {
 }
 
 /// A device with its place in the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedDevice {
     /// The device.
     pub spec: DeviceSpec,
@@ -97,6 +141,7 @@ pub struct PlacedDevice {
     pub irq: u32,
     /// How errors name it as the user gave it (`--disk a.img`,
     /// `vm.json: drives[0].path_on_host: a.img`); empty until the caller sets it.
+    #[serde(skip)]
     pub input: String,
 }
 
@@ -140,6 +185,26 @@ pub fn plan(
         .collect()
 }
 
+/// A device in a running VM: where it is, and its transport, for snapshots. The VM's
+/// devices are a list of these in the guest's order, each named by its id
+/// ([`DeviceSpec::id`]).
+#[derive(Clone)]
+pub struct Attached {
+    /// The device and its place.
+    pub place: PlacedDevice,
+    /// Its transport.
+    pub transport: Arc<Mutex<dyn SavedTransport>>,
+}
+
+/// A device as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// The device, its host side and its place in the guest.
+    pub place: PlacedDevice,
+    /// Its transport and queues.
+    pub transport: TransportState,
+}
+
 /// What registering a device needs from the VM being built.
 pub struct Registrar<'a> {
     /// The VM.
@@ -161,7 +226,7 @@ impl Registrar<'_> {
         &mut self,
         device: D,
         place: &PlacedDevice,
-    ) -> Result<(), ManagerError> {
+    ) -> Result<Attached, ManagerError> {
         let kvm_err = |what| move |source| ManagerError::Kvm { what, source };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(ManagerError::EventFd)?;
         self.vm
@@ -191,8 +256,11 @@ impl Registrar<'_> {
         )));
         self.mmio
             .insert(transport.clone(), place.addr, WINDOW_SIZE)?;
-        self.events.add_subscriber(transport);
-        Ok(())
+        self.events.add_subscriber(transport.clone());
+        Ok(Attached {
+            place: place.clone(),
+            transport,
+        })
     }
 }
 

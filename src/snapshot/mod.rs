@@ -23,6 +23,7 @@ use kvm_bindings::kvm_clock_data;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::ioapic::IoapicState;
+use crate::devices::manager::DeviceState;
 use crate::devices::serial::SerialState;
 use crate::vcpu::VcpuState;
 pub use memory::MemoryFacts;
@@ -35,7 +36,7 @@ pub const MEMORY_FILE: &str = "memory";
 const MAGIC: &[u8; 8] = b"EMBERSNP";
 /// The layout of the state file this ember writes and reads; any change to what is saved
 /// changes it.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Magic, format, reserved, payload length, payload checksum.
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
 /// A state file is a few KiB per vCPU; anything this large is not one.
@@ -54,10 +55,50 @@ pub struct VmState {
     pub ioapic: IoapicState,
     /// COM1.
     pub serial: SerialState,
+    /// The virtio devices, in the guest's order: each with its host side (reopened by id on
+    /// a restore), its place, its transport and queues.
+    pub devices: Vec<DeviceState>,
     /// The `--exec` program the guest runs, whose status (I/O port 0x3f1) becomes ember's
     /// exit code after a restore too.
     #[serde(default)]
     pub exec: Option<std::path::PathBuf>,
+}
+
+impl VmState {
+    /// Moves the device with id `id` to another host side, `path`: a disk's file, a network
+    /// interface's TAP, vsock's socket. Returns the device; the error says what ids there are,
+    /// or why that one cannot move.
+    pub fn reattach(
+        &mut self,
+        id: &str,
+        path: &str,
+    ) -> Result<&mut crate::devices::manager::PlacedDevice, String> {
+        let ids: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| d.place.spec.id().to_string())
+            .collect();
+        let Some(d) = self.devices.iter_mut().find(|d| d.place.spec.id() == id) else {
+            return Err(if ids.is_empty() {
+                format!("the snapshot has no device with id {id} (it has no devices)")
+            } else {
+                format!(
+                    "the snapshot has no device with id {id} (it has {})",
+                    ids.join(", ")
+                )
+            });
+        };
+        match d.place.spec.reattached(path) {
+            Some(spec) => {
+                d.place.spec = spec;
+                Ok(&mut d.place)
+            }
+            None => Err(format!(
+                "{} has no host side that can move",
+                d.place.spec.name()
+            )),
+        }
+    }
 }
 
 /// The state file's payload, as read.

@@ -32,7 +32,7 @@ use crate::devices::boot_timer::{BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, BootTimer
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::ioapic::{IOAPIC_MMIO_LEN, Ioapic};
-use crate::devices::manager::{DeviceSpec, ManagerError, Registrar};
+use crate::devices::manager::{Attached, DeviceSpec, ManagerError, PlacedDevice, Registrar};
 use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice, SerialState,
@@ -356,8 +356,8 @@ pub struct Vmm {
     /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
     msr_index: Arc<Vec<u32>>,
     mem_size: u64,
-    /// The first virtio device's input, if any: a snapshot cannot hold it yet.
-    first_device: Option<String>,
+    /// The virtio devices, in the guest's order, for snapshots.
+    devices: Vec<Attached>,
     exec: Option<std::path::PathBuf>,
     snapshot_on_ready: Option<SnapshotOnReady>,
     /// Startup stamps.
@@ -556,8 +556,8 @@ struct Extras {
     timeout: Option<Duration>,
     entry: Option<EntryPoint>,
     mem_size: u64,
-    /// The first virtio device's input: a snapshot cannot hold it yet.
-    first_device: Option<String>,
+    /// The virtio devices.
+    devices: Vec<Attached>,
     /// The `--exec` program, whose status the guest reports (kept in a snapshot).
     exec: Option<std::path::PathBuf>,
 }
@@ -596,48 +596,24 @@ impl Vmm {
         };
         let mut session_stream = None;
         let mut share_setup = Duration::ZERO;
+        let mut attached = Vec::with_capacity(vm.devices.len());
         for place in &vm.devices {
             let device = |reason: String| VmmError::Device {
                 input: place.input.clone(),
                 reason,
             };
-            match &place.spec {
-                DeviceSpec::Block(d) => registrar.register(
-                    Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)
-                        .map_err(|e: BlockError| device(e.to_string()))?,
-                    place,
-                )?,
-                DeviceSpec::Net(n) => {
-                    let mac = match &n.guest_mac {
-                        // Checked when the configuration was validated.
-                        Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
-                        None => default_mac(&n.host_dev_name),
-                    };
-                    let tap =
-                        Tap::open(&n.host_dev_name).map_err(|e: NetError| device(e.to_string()))?;
-                    registrar.register(Net::new(tap, mac), place)?
-                }
-                DeviceSpec::Vsock { config, channel } => {
-                    let cid = config
-                        .as_ref()
-                        .map(|v| v.guest_cid)
-                        .unwrap_or(command::DEFAULT_CID);
-                    let channel = if *channel {
-                        let (ours, theirs) = UnixStream::pair()
-                            .map_err(host_err("the process channel's socket pair"))?;
-                        ours.set_nonblocking(true)
-                            .map_err(host_err("the process channel's socket pair"))?;
-                        session_stream = Some(ours);
-                        Some((command::VSOCK_PORT, theirs))
-                    } else {
-                        None
-                    };
-                    let uds = config.as_ref().map(|v| v.uds_path.as_path());
-                    registrar.register(
-                        Vsock::new(u64::from(cid), uds, channel)
-                            .map_err(|e: VsockError| device(e.to_string()))?,
-                        place,
-                    )?
+            let a = match &place.spec {
+                DeviceSpec::Vsock {
+                    config,
+                    channel: true,
+                } => {
+                    let (ours, theirs) = UnixStream::pair()
+                        .map_err(host_err("the process channel's socket pair"))?;
+                    ours.set_nonblocking(true)
+                        .map_err(host_err("the process channel's socket pair"))?;
+                    session_stream = Some(ours);
+                    let channel = Some((command::VSOCK_PORT, theirs));
+                    registrar.register(open_vsock(place, config.as_ref(), channel)?, place)?
                 }
                 DeviceSpec::Fs { dir, tag } => {
                     let started = std::time::Instant::now();
@@ -653,7 +629,9 @@ impl Vmm {
                     share_setup += started.elapsed();
                     registrar.register(fs, place)?
                 }
-            }
+                _ => attach_host_device(&mut registrar, place)?,
+            };
+            attached.push(a);
         }
         let session = match session_stream {
             Some(stream) => {
@@ -724,7 +702,7 @@ impl Vmm {
             timeout: vm.timeout,
             entry: Some(kernel.entry),
             mem_size: vm.mem_size,
-            first_device: vm.devices.first().map(|d| d.input.clone()),
+            devices: attached,
             exec: vm.exec.clone(),
         };
         Ok(Self::assemble(base, extras, runtime))
@@ -763,7 +741,7 @@ impl Vmm {
             ioapic: base.ioapic,
             msr_index: Arc::new(msr_index),
             mem_size: extras.mem_size,
-            first_device: extras.first_device,
+            devices: extras.devices,
             exec: extras.exec,
             snapshot_on_ready: runtime.snapshot_on_ready,
             timeout: extras.timeout,
@@ -946,4 +924,56 @@ fn stop_vcpus(controls: &[Arc<VcpuControl>], handles: Vec<JoinHandle<Option<Vcpu
             log::warn!("vCPU {} did not stop in time; leaving it behind", c.id());
         }
     }
+}
+
+/// Opens the host side of a block, network or vsock device (without ember's channel) and
+/// registers it: what a boot and a restore do alike.
+fn attach_host_device(
+    registrar: &mut Registrar,
+    place: &PlacedDevice,
+) -> Result<Attached, VmmError> {
+    let device = |reason: String| VmmError::Device {
+        input: place.input.clone(),
+        reason,
+    };
+    Ok(match &place.spec {
+        DeviceSpec::Block(d) => registrar.register(
+            Block::open(&d.drive_id, &d.path_on_host, d.is_read_only)
+                .map_err(|e: BlockError| device(e.to_string()))?,
+            place,
+        )?,
+        DeviceSpec::Net(n) => {
+            let mac = match &n.guest_mac {
+                // Checked when the configuration was validated.
+                Some(m) => crate::config::parse_mac(m).unwrap_or_default(),
+                None => default_mac(&n.host_dev_name),
+            };
+            let tap = Tap::open(&n.host_dev_name).map_err(|e: NetError| device(e.to_string()))?;
+            registrar.register(Net::new(tap, mac), place)?
+        }
+        DeviceSpec::Vsock {
+            config,
+            channel: false,
+        } => registrar.register(open_vsock(place, config.as_ref(), None)?, place)?,
+        DeviceSpec::Vsock { .. } | DeviceSpec::Fs { .. } => {
+            return Err(device(
+                "this device has no host side to open on its own".into(),
+            ));
+        }
+    })
+}
+
+/// The vsock device of `place`: the configuration's CID and socket, and ember's channel if
+/// given.
+fn open_vsock(
+    place: &PlacedDevice,
+    config: Option<&crate::config::Vsock>,
+    channel: Option<(u32, UnixStream)>,
+) -> Result<Vsock, VmmError> {
+    let cid = config.map(|v| v.guest_cid).unwrap_or(command::DEFAULT_CID);
+    let uds = config.map(|v| v.uds_path.as_path());
+    Vsock::new(u64::from(cid), uds, channel).map_err(|e: VsockError| VmmError::Device {
+        input: place.input.clone(),
+        reason: e.to_string(),
+    })
 }

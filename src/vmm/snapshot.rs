@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use kvm_bindings::{CpuId, KVM_CLOCK_REALTIME, kvm_cpuid_entry2};
 
-use super::{Base, Extras, Ram, Runtime, Vmm, VmmError};
+use super::{Base, Extras, Ram, Runtime, Vmm, VmmError, attach_host_device};
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
+use crate::devices::manager::{DeviceState, Registrar};
 use crate::exit::ExitReason;
 use crate::snapshot::{self, Loaded, SnapshotError, VmState};
 use crate::sync::lock;
@@ -54,11 +55,6 @@ impl Vmm {
 
     /// Pauses every vCPU and writes the VM into `files`. The vCPUs stay paused.
     fn take_snapshot(&self, files: &snapshot::SnapshotFiles) -> Result<(), SnapshotError> {
-        if let Some(device) = &self.first_device {
-            return Err(SnapshotError::Unsupported(format!(
-                "it has a virtio device ({device}); snapshots hold VMs without virtio devices so far"
-            )));
-        }
         let handle = self.handle();
         if !handle.pause(SNAPSHOT_LIMIT) {
             return Err(SnapshotError::Unsupported(format!(
@@ -84,6 +80,22 @@ impl Vmm {
                 }
             }
         }
+        // The devices after the vCPUs: nothing of theirs moves while the vCPUs are paused,
+        // as their queues are served on this thread.
+        let mut devices = Vec::with_capacity(self.devices.len());
+        for a in &self.devices {
+            let transport = lock(&a.transport);
+            let saved = transport.save().map_err(|why| {
+                SnapshotError::Unsupported(format!("{}: {why}", a.place.spec.name()))
+            })?;
+            if let Some(note) = transport.save_note() {
+                log::warn!("{note}");
+            }
+            devices.push(DeviceState {
+                place: a.place.clone(),
+                transport: saved,
+            });
+        }
         let clock = self.vm.get_clock().map_err(|e| {
             SnapshotError::Unsupported(format!("KVM would not give the VM's clock: {e}"))
         })?;
@@ -93,6 +105,7 @@ impl Vmm {
             clock,
             ioapic: lock(&self.ioapic).state(),
             serial: lock(&self.serial).state(),
+            devices,
             exec: self.exec.clone(),
         };
         snapshot::write(files, &state, &self.mem)
@@ -112,6 +125,19 @@ impl Vmm {
             runtime.console_in,
             &mut runtime,
         )?;
+        // The devices' host sides, opened again by id from the paths the snapshot names (or
+        // those a reattachment gave): their state goes back after the vCPUs' (below).
+        let mut registrar = Registrar {
+            vm: &base.vm,
+            mem: &base.mem,
+            mmio: &mut base.mmio,
+            events: &mut base.events,
+            logs: &base.guest_logs,
+        };
+        let mut devices = Vec::with_capacity(vm.devices.len());
+        for saved in &vm.devices {
+            devices.push(attach_host_device(&mut registrar, &saved.place)?);
+        }
         let supported = base.supported()?;
         lock(&base.ioapic)
             .restore(&vm.ioapic)
@@ -140,6 +166,16 @@ impl Vmm {
                 what: "set the snapshot's clock",
                 source,
             })?;
+        // Last, with the vCPUs' LAPICs in place: a restored device may raise its interrupt
+        // again at once.
+        for (saved, attached) in vm.devices.iter().zip(&devices) {
+            lock(&attached.transport)
+                .restore(&saved.transport)
+                .map_err(|why| VmmError::Device {
+                    input: saved.place.input.clone(),
+                    reason: format!("its saved state cannot be restored: {why}"),
+                })?;
+        }
         timeline.mark(Phase::VcpusConfigured);
         let extras = Extras {
             vcpus,
@@ -148,7 +184,7 @@ impl Vmm {
             timeout: None,
             entry: None,
             mem_size: vm.mem_size,
-            first_device: None,
+            devices,
             exec: vm.exec.clone(),
         };
         Ok(Self::assemble(base, extras, runtime))

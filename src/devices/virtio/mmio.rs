@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::state::{QueueSnap, TransportState};
 use super::{Active, Interrupt, Served, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::devices::bus::BusDevice;
 use crate::guest_log::LogLimit;
@@ -307,6 +308,91 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 }
 
+/// A transport as the device manager keeps it for snapshots, whatever its device.
+pub trait SavedTransport: Send {
+    /// The transport's and queues' state; an error says why the device cannot be saved.
+    fn save(&self) -> Result<TransportState, String>;
+    /// What the snapshot leaves out of the device, to be said when it is taken.
+    fn save_note(&self) -> Option<String>;
+    /// Puts a freshly made transport in `state`, before the guest runs: an active device is
+    /// activated again on the saved queues and every queue is looked at once, as if the
+    /// guest had notified it (a notification the first process had not served yet did not
+    /// come along).
+    fn restore(&mut self, state: &TransportState) -> Result<(), String>;
+}
+
+impl<D: VirtioDevice> SavedTransport for MmioTransport<D> {
+    fn save(&self) -> Result<TransportState, String> {
+        if let Some(why) = self.device.snapshot_refusal() {
+            return Err(why);
+        }
+        let progress = self.device.active_queues().filter(|_| self.active);
+        let queues = match progress {
+            Some(queues) => queues.iter().map(|q| QueueSnap::from(q.state())).collect(),
+            None => self
+                .queues
+                .iter()
+                .map(|q| QueueSnap::from(q.state()))
+                .collect(),
+        };
+        Ok(TransportState {
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            active: self.active,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            queues,
+        })
+    }
+
+    fn save_note(&self) -> Option<String> {
+        self.device.save_note()
+    }
+
+    fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        let want = self.device.queue_max_sizes();
+        if state.queues.len() != want.len() {
+            return Err(format!(
+                "it had {} queues; this device has {}",
+                state.queues.len(),
+                want.len()
+            ));
+        }
+        let mut queues = Vec::with_capacity(want.len());
+        for (i, (snap, &max)) in state.queues.iter().zip(want).enumerate() {
+            match snap.queue() {
+                Some(q) if snap.max_size == max => queues.push(q),
+                _ => return Err(format!("its queue {i} is not one this device can serve")),
+            }
+        }
+        self.queues = queues;
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features & self.offered();
+        self.queue_sel = state.queue_sel;
+        self.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if state.active {
+            self.activate();
+            if !self.active {
+                return Err("its queues were not usable".into());
+            }
+            self.device.restored();
+            if !self.device.serves_own_queues() {
+                for e in &self.queue_evts {
+                    // Cannot fail but for an overflow: the notification is pending anyway.
+                    let _ = e.write(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
@@ -525,6 +611,42 @@ pub(crate) mod tests {
         // Clearing bits without a reset is ignored.
         w(&mut t, 0x70, S_ACKNOWLEDGE);
         assert_ne!(r(&mut t, 0x70) & S_DRIVER, 0);
+    }
+
+    #[test]
+    fn a_saved_transport_restores_active_and_looks_at_its_queues() {
+        let mut t = transport();
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER);
+        w(&mut t, 0x24, 1);
+        w(&mut t, 0x20, 1);
+        w(&mut t, 0x70, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+        setup_queues(&mut t);
+        w(
+            &mut t,
+            0x70,
+            S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        t.interrupt.raise(super::super::INT_VRING);
+        let saved = t.save().unwrap();
+        assert!(saved.active);
+        let mut fresh = transport();
+        fresh.restore(&saved).unwrap();
+        assert!(fresh.is_active());
+        assert_eq!(fresh.status(), saved.status);
+        assert_eq!(fresh.device().activated, Some((2, VIRTIO_F_VERSION_1)));
+        assert_eq!(r(&mut fresh, 0x60), super::super::INT_VRING);
+        // Every queue is looked at once, and the interrupt raised again.
+        for e in &fresh.queue_evts {
+            assert_eq!(e.read().unwrap(), 1);
+        }
+        assert_eq!(fresh.interrupt.irqfd.read().unwrap(), 1);
+        // A state whose queues this device does not have is refused.
+        let mut odd = saved.clone();
+        odd.queues.pop();
+        assert!(transport().restore(&odd).is_err());
+        let mut odd = saved;
+        odd.queues[0].size = 3;
+        assert!(transport().restore(&odd).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod state;
 pub mod vsock;
 
 use std::os::fd::RawFd;
@@ -85,6 +86,16 @@ impl Interrupt {
     /// The status register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// A restored device's status as it was saved; a pending interrupt is raised again (the
+    /// irqfd's count did not survive; a spurious one costs the driver a register read).
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        self.status.store(0, Ordering::SeqCst);
+        if status != 0 {
+            self.raise(status);
+        }
     }
 
     /// The driver's acknowledgement: clears `bits`.
@@ -190,6 +201,22 @@ pub trait VirtioDevice: Send {
     fn host_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
+    /// The queues as far as the device got through them, while active (a snapshot saves
+    /// them); a device that serves its queues elsewhere has none to give.
+    fn active_queues(&self) -> Option<&[Queue]> {
+        None
+    }
+    /// Why the device cannot be in a snapshot, if it cannot.
+    fn snapshot_refusal(&self) -> Option<String> {
+        None
+    }
+    /// What of the device a snapshot leaves out (host connections), said when it is taken.
+    fn save_note(&self) -> Option<String> {
+        None
+    }
+    /// Activated again from a snapshot, in a new process: whatever the guest must be told
+    /// (vsock's transport reset) is sent once its queue allows.
+    fn restored(&mut self) {}
     /// The guest notified queue `queue` (only called once active).
     fn queue_event(&mut self, queue: usize, ops: &mut EventOps) -> Served;
     /// One of the device's host fds is ready (called whether active or not: a device owns its

@@ -96,6 +96,13 @@ impl VirtioDevice for Fs {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn snapshot_refusal(&self) -> Option<String> {
+        Some(
+            "virtio-fs serves the host's files from threads whose state a snapshot cannot hold yet"
+                .into(),
+        )
+    }
+
     fn activate(&mut self, active: Active) {
         self.worker.serve(active);
     }

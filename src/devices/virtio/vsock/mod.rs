@@ -22,7 +22,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, Events};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
@@ -34,6 +34,10 @@ use conn::{CONN_BUF_ALLOC, Conn, State};
 const DEVICE_TYPE: u32 = 19;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// The event a restored device sends: every stream the guest had is gone (virtio 1.2,
+/// 5.10.6.6), and it reads the guest CID again.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZE: u16 = 256;
 /// The host's context id.
 const HOST_CID: u64 = 2;
@@ -105,6 +109,11 @@ pub struct Vsock {
     active: Option<Active>,
     /// Host streams a guest reset let go, closed on the event loop's thread.
     retired: Vec<UnixStream>,
+    /// Restored from a snapshot: the guest's streams did not come along, and the next buffer
+    /// on its event queue tells it so.
+    transport_reset_due: bool,
+    /// Whether ember's channel was given (it is taken once the guest connects).
+    carries_channel: bool,
 }
 
 impl Vsock {
@@ -134,6 +143,7 @@ impl Vsock {
                 source,
             })?;
         }
+        let carries_channel = channel.is_some();
         Ok(Self {
             cid,
             uds_path: uds_path.map(Path::to_path_buf),
@@ -147,6 +157,8 @@ impl Vsock {
             buf: vec![0; MAX_PKT_DATA as usize],
             active: None,
             retired: Vec::new(),
+            transport_reset_due: false,
+            carries_channel,
         })
     }
 
@@ -325,6 +337,49 @@ impl Vsock {
                 c.host_eof = true;
             }
         }
+    }
+
+    // ---- guest event queue ------------------------------------------------------------
+
+    /// Sends the transport reset a restore owes the guest, once it has given a buffer for it.
+    fn send_events(&mut self) -> Served {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        if !self.transport_reset_due {
+            return Ok(());
+        }
+        let Active { mem, queues, .. } = active;
+        let Some(queue) = queues.get_mut(EVQ) else {
+            return Ok(());
+        };
+        let Some(chain) = pop_chain(queue, mem, EVQ)? else {
+            return Ok(()); // sent when the guest gives a buffer
+        };
+        let head = chain.head_index();
+        let mut written = 0;
+        for desc in chain {
+            if desc.is_write_only() && desc.len() >= 4 {
+                if mem
+                    .write_obj(EVENT_TRANSPORT_RESET.to_le(), desc.addr())
+                    .is_ok()
+                {
+                    written = 4;
+                }
+                break;
+            }
+        }
+        if written == 0 {
+            crate::guest_log!(
+                active.log,
+                log::Level::Debug,
+                "an event buffer too small for the transport reset"
+            );
+        }
+        let _ = queue.add_used(&*mem, head, written);
+        self.transport_reset_due = written == 0;
+        active.notify(EVQ);
+        Ok(())
     }
 
     // ---- guest receive queue ----------------------------------------------------------
@@ -702,6 +757,10 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
+    fn active_queues(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|a| a.queues.as_slice())
+    }
+
     fn activate(&mut self, active: Active) {
         self.active = Some(active);
     }
@@ -724,6 +783,23 @@ impl VirtioDevice for Vsock {
         }
     }
 
+    fn snapshot_refusal(&self) -> Option<String> {
+        self.carries_channel.then(|| {
+            "ember's channel to a program's init rides on vsock, and a snapshot cannot hold its session yet".into()
+        })
+    }
+
+    fn save_note(&self) -> Option<String> {
+        let open = self.conns.len() + self.pending.len();
+        (open > 0).then(|| {
+            format!("vsock: {open} open connection(s) are not in the snapshot: a restored guest is told its streams were reset, and their host peers are not reconnected")
+        })
+    }
+
+    fn restored(&mut self) {
+        self.transport_reset_due = true;
+    }
+
     fn host_fds(&self) -> Vec<RawFd> {
         self.listener.iter().map(|l| l.as_raw_fd()).collect()
     }
@@ -732,7 +808,7 @@ impl VirtioDevice for Vsock {
         match queue {
             RXQ => self.rx_starved = false,
             TXQ => self.take_from_guest(ops)?,
-            _ => {} // the event queue: ember sends no transport events
+            _ => self.send_events()?,
         }
         self.deliver(ops)?;
         // Replies to the guest may have made room for more of its packets.
