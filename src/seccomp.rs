@@ -214,6 +214,11 @@ pub const COMMON_SYSCALLS: &[Allowed] = &[
 pub const VMM_SYSCALLS: &[Allowed] = &[
     (libc::SYS_epoll_wait, "epoll_wait", "the event loop"),
     (
+        libc::SYS_fstat,
+        "fstat",
+        "a written snapshot's memory file, for the stamp that spares a restore reading it",
+    ),
+    (
         libc::SYS_epoll_ctl,
         "epoll_ctl",
         "the event loop: console input off and on again with the UART FIFO (backpressure)",

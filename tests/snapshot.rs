@@ -298,6 +298,20 @@ fn damaged_snapshots_are_refused_in_one_line() {
     );
     let o = restore(&root.join("not-there"));
     one_line_error(&o, 2, &["--restore", "not-there is missing"]);
+    // The snapshot itself, unchanged: its memory file is vouched for by its stamp, not read.
+    let o = run(
+        &["run", "--restore", s(&good), "--log-level", "debug"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.stdout, CONTINUED, "{o:?}");
+    assert!(o.stderr.contains("unwritten since the snapshot"), "{o:?}");
+    // Written in place (the same file: no copy, same inode), it is read and refused.
+    poke(&good.join("memory"), 0x10_0010, &[0x90]);
+    one_line_error(
+        &restore(&good),
+        2,
+        &["memory does not belong to this snapshot", "checksum"],
+    );
     let o = restore(Path::new("/etc/passwd"));
     one_line_error(&o, 2, &["--restore", "/etc/passwd is not a directory"]);
 }

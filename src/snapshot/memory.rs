@@ -30,6 +30,53 @@ pub struct MemoryFacts {
     pub size: u64,
     /// Its checksum: every page that is not all zeros, with its index.
     pub checksum: u64,
+    /// The file as written: while it still matches, nothing has written the file since (a
+    /// write moves its ctime, which no one can set back) and it is not a copy (another
+    /// inode), so the contents need no reading.
+    #[serde(default)]
+    pub stamp: Option<FileStamp>,
+}
+
+/// What identifies a file's contents without reading them: which file it is, its size, and
+/// when it was last written (modification and status change times, in nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// `file`'s stamp now. The fstat system call itself: glibc's `fstat` is `newfstatat`,
+    /// which takes a path, and the VMM thread's filter allows only the fd's.
+    pub fn of(file: &File) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero stat is a valid value for fstat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes only into `st`, on an fd this File owns.
+        let rc = unsafe { libc::syscall(libc::SYS_fstat, file.as_raw_fd(), &mut st) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+}
+
+/// How [`check`] found the memory file to be the snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Unwritten since the snapshot, by its stamp.
+    Unchanged,
+    /// By reading its data and summing it.
+    Contents,
 }
 
 /// Adds `data`, which starts at page `first`, to the checksum; `write` gets each run of pages
@@ -96,6 +143,7 @@ pub fn write(file: &File, mem: &GuestMemoryMmap) -> io::Result<MemoryFacts> {
     Ok(MemoryFacts {
         size: offset,
         checksum: sum.value(),
+        stamp: Some(FileStamp::of(file)?),
     })
 }
 
@@ -109,13 +157,17 @@ fn last_byte(mem: &GuestMemoryMmap) -> GuestAddress {
 
 /// Whether `file` is the memory file `facts` describe: `Err` says how it differs (its size, or
 /// its contents).
-pub fn check(file: &File, facts: &MemoryFacts) -> Result<(), String> {
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn check(file: &File, facts: &MemoryFacts) -> Result<Verified, String> {
+    let now = FileStamp::of(file).map_err(|e| e.to_string())?;
+    let size = now.size;
     if size != facts.size {
         return Err(format!(
             "it is {size} bytes, the snapshot's memory was {}",
             facts.size
         ));
+    }
+    if facts.stamp == Some(now) {
+        return Ok(Verified::Unchanged);
     }
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; CHUNK];
@@ -136,7 +188,7 @@ pub fn check(file: &File, facts: &MemoryFacts) -> Result<(), String> {
     if sum.value() != facts.checksum {
         return Err("its contents changed since the snapshot (the checksum differs)".into());
     }
-    Ok(())
+    Ok(Verified::Contents)
 }
 
 /// The page-aligned ranges of `file` (of `size` bytes) that hold data, from SEEK_DATA and
@@ -216,15 +268,18 @@ mod tests {
             .unwrap();
         let facts = write(&f, &mem).unwrap();
         assert_eq!(facts.size, 64 * PAGE as u64);
-        assert_eq!(check(&f, &facts), Ok(()));
+        assert_eq!(check(&f, &facts), Ok(Verified::Unchanged));
         let mut b = [0u8; 5];
         f.read_exact_at(&mut b, 3 * PAGE as u64 + 10).unwrap();
         assert_eq!(&b, b"hello");
+        // File times move once per kernel tick: the writes below come a tick or more later,
+        // as anything but ember itself writing the file in the same few milliseconds would.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         // A flipped byte in a hole, then in a page with data: both found.
         f.write_all_at(&[1], 20 * PAGE as u64).unwrap();
         assert!(check(&f, &facts).is_err());
         f.write_all_at(&[0], 20 * PAGE as u64).unwrap();
-        assert_eq!(check(&f, &facts), Ok(()));
+        assert_eq!(check(&f, &facts), Ok(Verified::Contents));
         f.write_all_at(b"j", 3 * PAGE as u64 + 10).unwrap();
         assert!(check(&f, &facts).unwrap_err().contains("checksum"));
         f.set_len(63 * PAGE as u64).unwrap();

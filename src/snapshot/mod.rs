@@ -327,10 +327,16 @@ pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
         }
         Err(e) => return Err(io(&memory_path)(e)),
     };
-    memory::check(&memory, &payload.memory).map_err(|what| SnapshotError::Memory {
-        path: memory_path.clone(),
-        what,
-    })?;
+    let verified =
+        memory::check(&memory, &payload.memory).map_err(|what| SnapshotError::Memory {
+            path: memory_path.clone(),
+            what,
+        })?;
+    let how = match verified {
+        memory::Verified::Unchanged => "unwritten since the snapshot (by its stamp), not read",
+        memory::Verified::Contents => "read and summed: it is the snapshot's",
+    };
+    log::debug!("{}: {how}", memory_path.display());
     if payload.memory.size != payload.vm.mem_size {
         return Err(SnapshotError::Damaged {
             path: state_path,
