@@ -83,6 +83,9 @@ pub enum Role {
     Vmm,
     /// A thread that serves a virtio-fs device's requests on the host's files.
     Fs,
+    /// The control socket's thread (`--api-sock`): HTTP requests in, answers out, the files a
+    /// snapshot is written into created.
+    Api,
 }
 
 impl Role {
@@ -92,6 +95,7 @@ impl Role {
             Role::Vcpu => "a vCPU thread",
             Role::Vmm => "the VMM thread",
             Role::Fs => "a virtio-fs thread",
+            Role::Api => "the control socket's thread",
         }
     }
 
@@ -101,6 +105,7 @@ impl Role {
             Role::Vcpu => "vcpu",
             Role::Vmm => "vmm",
             Role::Fs => "fs",
+            Role::Api => "api",
         }
     }
 }
@@ -315,6 +320,36 @@ pub const VMM_SYSCALLS: &[Allowed] = &[
     ),
 ];
 
+/// The calls only the control socket's thread makes, beyond [`COMMON_SYSCALLS`]: it takes
+/// connections on its socket, reads requests and writes answers, and creates (or, when the
+/// snapshot fails, removes) the files a snapshot is written into. The VM itself it only
+/// reaches through the event loop ([`crate::vmm::VmHandle::ask`]): no KVM, no signals but
+/// the common ones, no socket of its own.
+pub const API_SYSCALLS: &[Allowed] = &[
+    (libc::SYS_accept4, "accept4", "a client connecting"),
+    (
+        libc::SYS_recvfrom,
+        "recvfrom",
+        "a request (std reads a socket with recv)",
+    ),
+    (
+        libc::SYS_close,
+        "close",
+        "a client's connection; a snapshot's files once handed over",
+    ),
+    (
+        libc::SYS_openat,
+        "openat",
+        "creating a snapshot's state and memory files (`PUT /snapshot/create`)",
+    ),
+    (libc::SYS_unlink, "unlink", "a failed snapshot's files"),
+    (
+        libc::SYS_setsockopt,
+        "setsockopt",
+        "a client's read timeout (a silent client cannot hold the socket)",
+    ),
+];
+
 /// The calls only a virtio-fs thread makes, beyond [`COMMON_SYSCALLS`]: the passthrough
 /// file system's (fuse-backend-rs) on the shared tree, and the thread's wait on its queues.
 /// No socket, no exec, no ioctl but the terminal's, no KVM.
@@ -423,6 +458,7 @@ pub fn allowed(role: Role) -> impl Iterator<Item = &'static Allowed> {
         Role::Vcpu => &[][..],
         Role::Vmm => VMM_SYSCALLS,
         Role::Fs => FS_SYSCALLS,
+        Role::Api => API_SYSCALLS,
     };
     COMMON_SYSCALLS.iter().chain(own)
 }
@@ -442,7 +478,7 @@ fn ioctls(role: Role) -> Vec<(Option<u64>, u64)> {
             list.extend(KVM_VCPU_SAVE.iter().map(|&r| (None, r)));
         }
         Role::Vmm => list.push((None, KVM_GET_CLOCK)),
-        Role::Fs => {}
+        Role::Fs | Role::Api => {}
     }
     list
 }
@@ -466,18 +502,22 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
         ioctl_rules.push(SeccompRule::new(conds).map_err(err)?);
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
-    if role == Role::Vmm {
-        rules.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?]).map_err(err)?],
-        );
-        // send() on a connected stream: never to an address of the caller's choosing.
+    if matches!(role, Role::Vmm | Role::Api) {
+        // send() on a connected stream (std writes sockets with send and MSG_NOSIGNAL):
+        // never to an address of the caller's choosing.
         let no_address =
             SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(err)?;
         rules.insert(
             libc::SYS_sendto,
             vec![SeccompRule::new(vec![no_address]).map_err(err)?],
         );
+    }
+    if role == Role::Vmm {
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?]).map_err(err)?],
+        );
+
         // A process sharing this one's memory and filter, never a thread or a new program.
         rules.insert(
             libc::SYS_clone,
@@ -668,7 +708,7 @@ fn install_sigsys_reporter() -> Result<(), vmm_sys_util::errno::Error> {
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 2] = [Role::Vcpu, Role::Vmm];
+    const ROLES: [Role; 3] = [Role::Vcpu, Role::Vmm, Role::Api];
 
     #[test]
     fn filters_compile_and_list_every_call_once() {

@@ -1,6 +1,7 @@
 //! The `ember` command's pieces: `run` (flags into a VM and an exit code), `host`, `bench`, and
 //! how every failure becomes one line and an exit code.
 
+pub mod api;
 pub mod exit_code;
 pub mod logger;
 pub mod process;

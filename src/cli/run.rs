@@ -113,6 +113,10 @@ pub struct RunArgs {
     /// devices open what the snapshot names.
     #[arg(long, value_name = "ID=PATH", requires = "restore")]
     reattach: Vec<String>,
+    /// A control socket at PATH (it must not exist yet): Firecracker's API shapes over HTTP
+    /// (`GET /`, `PATCH /vm` to pause and resume, `PUT /snapshot/create`), docs/snapshot.md.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// The program to run in the guest, from the host's files (or --root's), and its
     /// arguments: `ember run -- make check`. With --exec, the static program's arguments.
     #[arg(last = true, value_name = "PROG [ARGS]")]
@@ -268,6 +272,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         Seccomp::AllThreads
     };
+    // Bound first: a path that cannot be is bad input before anything starts.
+    let api = args
+        .api_sock
+        .as_deref()
+        .map(super::api::ApiSocket::bind)
+        .transpose()?;
     if let Some(dir) = &args.restore {
         let mut loaded = snapshot::load(dir).map_err(|e| Failure {
             code: exit_code::BAD_INPUT,
@@ -287,6 +297,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             cpuid,
             process_io: None,
             snapshot_on_ready: None,
+            snapshots_on_request: api.is_some(),
         };
         let facts = exit_code::RunFacts::restored(loaded.vm.exec.clone());
         let mut vmm = Vmm::restore(loaded, runtime).map_err(|e| {
@@ -295,6 +306,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             f
         })?;
         vmm.set_timeout(args.timeout.filter(|t| !t.is_zero()));
+        let _api = api.map(|a| a.serve(vmm.handle(), seccomp)).transpose()?;
         return finish(
             vmm,
             false,
@@ -386,11 +398,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         cpuid,
         process_io: program.then(|| super::process::io(terminal)),
         snapshot_on_ready,
+        snapshots_on_request: api.is_some(),
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);
     let vmm = Vmm::build(vm, runtime)?;
     let handle = vmm.handle();
+    let _api = api.map(|a| a.serve(vmm.handle(), seccomp)).transpose()?;
     let code = finish(
         vmm,
         program,

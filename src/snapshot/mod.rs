@@ -107,8 +107,15 @@ struct Payload {
     // Its `ember` field is read first, as a [`Writer`].
     /// The memory file it goes with.
     memory: MemoryFacts,
+    /// Where that is: a name beside the state file, or a path.
+    #[serde(default = "memory_file_name")]
+    memory_file: PathBuf,
     /// The VM.
     vm: VmState,
+}
+
+fn memory_file_name() -> PathBuf {
+    PathBuf::from(MEMORY_FILE)
 }
 
 /// The state file's payload, as written: [`Payload`], borrowed.
@@ -116,6 +123,7 @@ struct Payload {
 struct PayloadOut<'a> {
     ember: &'a str,
     memory: MemoryFacts,
+    memory_file: PathBuf,
     vm: &'a VmState,
 }
 
@@ -132,7 +140,7 @@ pub enum SnapshotError {
     },
     /// The directory does not hold a snapshot.
     #[error(
-        "{} is not an ember snapshot (no state file starting with EMBERSNP): give the directory `--snapshot-on-ready` wrote",
+        "{} is not an ember snapshot (no state file starting with EMBERSNP): give the directory `--snapshot-on-ready` wrote, or the snapshot_path of a `PUT /snapshot/create`",
         path.display()
     )]
     NotASnapshot {
@@ -205,9 +213,13 @@ pub enum SnapshotError {
 pub struct SnapshotFiles {
     /// The directory, for messages.
     pub dir: PathBuf,
-    /// `DIR/state`.
+    /// The state file's path (`DIR/state`).
+    pub state_path: PathBuf,
+    /// The memory file's path (`DIR/memory`, or anywhere).
+    pub memory_path: PathBuf,
+    /// The state file.
     pub state: File,
-    /// `DIR/memory`.
+    /// The memory file.
     pub memory: File,
     /// Whether `create` made the directory (so a run that writes no snapshot removes it).
     pub made_dir: bool,
@@ -241,10 +253,52 @@ impl SnapshotFiles {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
+            state_path: dir.join(STATE_FILE),
+            memory_path: dir.join(MEMORY_FILE),
             state: open(STATE_FILE)?,
             memory: open(MEMORY_FILE)?,
             made_dir,
         })
+    }
+
+    /// Creates the state file at `state` and the memory file at `memory`, empty, wherever
+    /// they are (Firecracker's `snapshot_path` and `mem_file_path`); their folders must exist.
+    /// A restore names the state file; it finds the memory file from what the state says.
+    pub fn create_at(state: &Path, memory: &Path) -> Result<Self, SnapshotError> {
+        let open = |path: &Path| {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|source| SnapshotError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let dir = match state.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(Self {
+            dir,
+            state_path: state.to_path_buf(),
+            memory_path: memory.to_path_buf(),
+            state: open(state)?,
+            memory: open(memory)?,
+            made_dir: false,
+        })
+    }
+
+    /// How the state file names the memory file: its name when both are in one folder (so
+    /// the pair can move together), its path otherwise.
+    fn memory_name(&self) -> PathBuf {
+        let together = self.memory_path.parent() == self.state_path.parent();
+        match self.memory_path.file_name() {
+            Some(name) if together => PathBuf::from(name),
+            _ => std::path::absolute(&self.memory_path).unwrap_or(self.memory_path.clone()),
+        }
     }
 
     /// Writes the state file for `vm`, whose memory is already in the memory file as `memory`
@@ -253,9 +307,10 @@ impl SnapshotFiles {
         let payload = PayloadOut {
             ember: env!("CARGO_PKG_VERSION"),
             memory,
+            memory_file: self.memory_name(),
             vm,
         };
-        let path = self.dir.join(STATE_FILE);
+        let path = self.state_path.clone();
         let body = serde_json::to_vec(&payload).map_err(|e| SnapshotError::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
@@ -298,15 +353,22 @@ pub struct Loaded {
     pub memory: File,
 }
 
-/// Reads the snapshot in `dir`: its state file, checked (magic, format, length, checksum,
+/// Reads the snapshot at `path` (the directory `--snapshot-on-ready` wrote, or a state file
+/// anywhere, whose memory file is where it says): its state file, checked (magic, format, length, checksum,
 /// ember version), and its memory file, checked against what the state file says of it.
-pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(SnapshotError::NotADirectory(dir.to_path_buf())),
-        Err(_) => return Err(SnapshotError::Missing(dir.to_path_buf())),
-    }
-    let state_path = dir.join(STATE_FILE);
+pub fn load(path: &Path) -> Result<Loaded, SnapshotError> {
+    let (dir, state_path) = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => (path.to_path_buf(), path.join(STATE_FILE)),
+        Ok(_) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            (dir, path.to_path_buf())
+        }
+        Err(_) => return Err(SnapshotError::Missing(path.to_path_buf())),
+    };
+    let dir = dir.as_path();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { path, source }
@@ -319,7 +381,7 @@ pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
         Err(e) => return Err(io(&state_path)(e)),
     };
     let payload = read_state(&mut f, &state_path)?;
-    let memory_path = dir.join(MEMORY_FILE);
+    let memory_path = dir.join(&payload.memory_file);
     let memory = match File::open(&memory_path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -446,7 +508,7 @@ pub fn write(
     mem: &vm_memory::GuestMemoryMmap,
 ) -> Result<(), SnapshotError> {
     let facts = memory::write(&files.memory, mem).map_err(|source| SnapshotError::Io {
-        path: files.dir.join(MEMORY_FILE),
+        path: files.memory_path.clone(),
         source,
     })?;
     files.write_state(vm, facts)

@@ -2,9 +2,11 @@
 //! docs/DESIGN.md), then runs it until the guest leaves (steps 8-10) and says how it ended.
 
 pub mod events;
+mod requests;
 mod snapshot;
 mod teardown;
 
+pub use requests::{RequestError, VmReply, VmRequest};
 pub(crate) use teardown::KEEPER_CLONE_FLAGS;
 pub use teardown::Teardown;
 
@@ -237,6 +239,9 @@ pub struct Runtime {
     pub process_io: Option<ProcessIo>,
     /// Where to write a snapshot when the guest says "ready", and what then.
     pub snapshot_on_ready: Option<SnapshotOnReady>,
+    /// Whether a front end may ask for snapshots while the VM runs ([`VmHandle::ask`]):
+    /// the MSRs a snapshot saves are listed up front.
+    pub snapshots_on_request: bool,
 }
 
 /// `--snapshot-on-ready`: the files, made before the VM runs, and whether the VM goes on.
@@ -262,6 +267,7 @@ impl Runtime {
             cpuid: None,
             process_io: None,
             snapshot_on_ready: None,
+            snapshots_on_request: false,
         }
     }
 }
@@ -294,6 +300,7 @@ pub struct VmRun {
 pub struct VmHandle {
     vcpus: Vec<Arc<VcpuControl>>,
     exit: Arc<ExitSignal>,
+    requests: Arc<requests::Requests>,
 }
 
 impl VmHandle {
@@ -360,6 +367,10 @@ pub struct Vmm {
     devices: Vec<Attached>,
     exec: Option<std::path::PathBuf>,
     snapshot_on_ready: Option<SnapshotOnReady>,
+    /// What front ends on other threads ask of the running VM.
+    requests: Arc<requests::Requests>,
+    /// Paused by a request (a snapshot on request needs it).
+    paused: bool,
     /// Startup stamps.
     pub timeline: Arc<Timeline>,
     /// How the guest enters (none for a restored VM: it continues where it was).
@@ -711,15 +722,16 @@ impl Vmm {
     /// The VM from its parts.
     fn assemble(base: Base, extras: Extras, runtime: Runtime) -> Self {
         // Only a VM that will be snapshotted needs the MSR list (and the armed "ready").
-        let msr_index = match &runtime.snapshot_on_ready {
-            Some(_) => {
-                base.exit.arm_snapshot();
-                base.kvm
-                    .get_msr_index_list()
-                    .map(|l| l.as_slice().to_vec())
-                    .unwrap_or_default()
-            }
-            None => Vec::new(),
+        if runtime.snapshot_on_ready.is_some() {
+            base.exit.arm_snapshot();
+        }
+        let msr_index = if runtime.snapshot_on_ready.is_some() || runtime.snapshots_on_request {
+            base.kvm
+                .get_msr_index_list()
+                .map(|l| l.as_slice().to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
         let controls = extras.vcpus.iter().map(Vcpu::control).collect();
         Self {
@@ -744,6 +756,8 @@ impl Vmm {
             devices: extras.devices,
             exec: extras.exec,
             snapshot_on_ready: runtime.snapshot_on_ready,
+            requests: Arc::default(),
+            paused: false,
             timeout: extras.timeout,
             measure_guest_memory: runtime.measure_guest_memory,
             seccomp: runtime.seccomp,
@@ -758,6 +772,7 @@ impl Vmm {
         VmHandle {
             vcpus: self.controls.clone(),
             exit: self.exit.clone(),
+            requests: self.requests.clone(),
         }
     }
 
@@ -838,6 +853,10 @@ impl Vmm {
             }
             if self.exit.take_snapshot_request() {
                 self.on_ready();
+            }
+            for (request, reply) in self.requests.take() {
+                // The asker may have given up waiting: nothing to tell it then.
+                let _ = reply.send(self.serve(request));
             }
         }
         drop(launched);

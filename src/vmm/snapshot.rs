@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use kvm_bindings::{CpuId, KVM_CLOCK_REALTIME, kvm_cpuid_entry2};
 
-use super::{Base, Extras, Ram, Runtime, Vmm, VmmError, attach_host_device};
+use super::{
+    Base, Extras, Ram, RequestError, Runtime, VmReply, VmRequest, Vmm, VmmError, attach_host_device,
+};
 use crate::arch::x86_64::cpuid::vcpu_cpuid;
 use crate::devices::manager::{DeviceState, Registrar};
 use crate::exit::ExitReason;
@@ -50,6 +52,33 @@ impl Vmm {
             }
             Ok(()) => self.exit.request(ExitReason::Snapshotted),
             Err(e) => self.exit.request(ExitReason::SnapshotFailed(e.to_string())),
+        }
+    }
+
+    /// Does what a front end asked ([`super::VmHandle::ask`]).
+    pub(super) fn serve(&mut self, request: VmRequest) -> VmReply {
+        match request {
+            VmRequest::Pause => {
+                if !self.handle().pause(SNAPSHOT_LIMIT) {
+                    return Err(RequestError::Failed(format!(
+                        "its vCPUs did not all pause within {SNAPSHOT_LIMIT:?}"
+                    )));
+                }
+                self.paused = true;
+                Ok(())
+            }
+            VmRequest::Resume => {
+                self.handle().resume();
+                self.paused = false;
+                Ok(())
+            }
+            VmRequest::Snapshot(_) if !self.paused => Err(RequestError::BadState(
+                "the VM is running: pause it before a snapshot".into(),
+            )),
+            VmRequest::Snapshot(files) => {
+                let r = self.take_snapshot(&files);
+                r.map_err(|e| RequestError::Failed(e.to_string()))
+            }
         }
     }
 
