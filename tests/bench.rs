@@ -112,6 +112,52 @@ fn short_bench_writes_parseable_results() {
     );
 }
 
+/// `--restore`: the guest snapshotted once at ready, and a restore subject timed beside the
+/// cold boot, to its first instruction and to its workload.
+#[test]
+fn a_restore_subject_is_timed_beside_the_cold_boot() {
+    let out = out_dir("restore");
+    let o = run(
+        &[
+            "bench",
+            "--runs",
+            "3",
+            "--baselines",
+            "process",
+            "--restore",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("exec to the first KVM_RUN (median, ms): restore"),
+        "{o:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let restore = v["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ember restore")
+        .unwrap_or_else(|| panic!("no restore subject: {v}"))
+        .clone();
+    assert!(restore["skipped"].is_null(), "{restore}");
+    assert_eq!(restore["total"]["n"], 3, "{restore}");
+    assert!(
+        restore["first_kvm_run"]["median_ns"].as_f64().unwrap() > 0.0,
+        "{restore}"
+    );
+    assert!(
+        restore["to_workload"]["median_ns"].as_f64().unwrap() > 0.0,
+        "{restore}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn missing_runtime_is_skipped_not_fatal() {
     let out = out_dir("skip");

@@ -314,7 +314,11 @@ fn damaged_snapshots_are_refused_in_one_line() {
     );
     let o = restore(Path::new("/etc/passwd"));
     // A file is taken as a state file (as `PUT /snapshot/create` names them).
-    one_line_error(&o, 2, &["--restore", "/etc/passwd is not an ember snapshot"]);
+    one_line_error(
+        &o,
+        2,
+        &["--restore", "/etc/passwd is not an ember snapshot"],
+    );
 }
 
 /// A snapshot from a host of the other CPU vendor (its state file rewritten, resealed with a

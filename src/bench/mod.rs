@@ -73,6 +73,10 @@ pub struct BenchConfig {
     pub out: PathBuf,
     /// Options for `ember run`; empty means the default guest for this host.
     pub run_args: Vec<String>,
+    /// Also time restores: the guest is snapshotted once where it says ready
+    /// (`--snapshot-on-ready`), and an `ember restore` subject continues it, beside the cold
+    /// boot; peers may restore it too (`{snapshot}` in their command).
+    pub restore: bool,
 }
 
 impl BenchConfig {
@@ -195,6 +199,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
     };
 
     let mut subjects: Vec<Subject> = vec![subjects::ember(&exe, &run_args, &out)];
+    let snapshot = out.join("snapshot");
+    if cfg.restore {
+        subjects::take_snapshot(&exe, &run_args, &snapshot).map_err(BenchError::Ember)?;
+        subjects.push(subjects::ember_restore(&exe, &snapshot, &out));
+    }
     let mut results: Vec<SubjectResult> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
     for name in &cfg.baselines {
@@ -204,7 +213,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResults, BenchError> {
         }
     }
     for (name, cmd) in &peers {
-        subjects.push(subjects::peer(name, cmd, &workload));
+        subjects.push(subjects::peer(name, cmd, &workload).with_snapshot(&snapshot));
     }
 
     // Each subject's first run decides whether it runs at all.
@@ -383,6 +392,7 @@ mod tests {
             peers: vec![],
             out: std::env::temp_dir().join(format!("ember-bench-unit-{}", std::process::id())),
             run_args: vec![],
+            restore: false,
         }
     }
 

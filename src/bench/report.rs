@@ -158,6 +158,9 @@ impl BenchResults {
         if let Some(line) = self.over_the_floor() {
             out.push_str(&line);
         }
+        if let Some(line) = self.restore_against_cold() {
+            out.push_str(&line);
+        }
         for s in &self.subjects {
             if let (None, Some(c)) = (&s.skipped, &s.configuration) {
                 out.push_str(&format!("{} configuration: {c}\n", s.name));
@@ -193,6 +196,32 @@ impl BenchResults {
         );
         let both = runs.into_iter().chain(output).collect::<String>();
         (!both.is_empty()).then_some(both)
+    }
+
+    /// A restore against a cold boot of the same guest (`--restore`): exec to the first
+    /// KVM_RUN (the first guest instruction) and to the workload, by ember's own stamps.
+    fn restore_against_cold(&self) -> Option<String> {
+        let subject = |name: &str| self.subjects.iter().find(|s| s.name == name);
+        let (cold, restore) = (subject("ember")?, subject("ember restore")?);
+        let line = |what: &str, c: Option<Summary>, r: Option<Summary>| {
+            let (c, r) = (c?.median_ns, r?.median_ns);
+            Some(format!(
+                "exec to {what} (median, ms): restore {:.2}, cold boot {:.2}: restore {:+.2} ms, {:.2}x\n",
+                ms(r),
+                ms(c),
+                ms(r - c),
+                r / c
+            ))
+        };
+        let text = line(
+            "the first KVM_RUN",
+            cold.first_kvm_run,
+            restore.first_kvm_run,
+        )
+        .into_iter()
+        .chain(line("the workload", cold.to_workload, restore.to_workload))
+        .collect::<String>();
+        (!text.is_empty()).then_some(text)
     }
 
     /// Writes results.json, results.csv and plot.svg into `dir`.

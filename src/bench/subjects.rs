@@ -323,6 +323,17 @@ const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 impl Subject {
     /// Names how this subject is configured, for the report.
+    /// A peer's command with `{snapshot}` (the benchmark snapshot's directory) filled in.
+    pub fn with_snapshot(mut self, dir: &Path) -> Self {
+        for a in &mut self.argv {
+            *a = a.replace("{snapshot}", &dir.display().to_string());
+        }
+        self.configuration = self
+            .configuration
+            .replace("{snapshot}", &dir.display().to_string());
+        self
+    }
+
     fn with_configuration(mut self, text: String) -> Self {
         self.configuration = text;
         self
@@ -342,6 +353,48 @@ pub fn peer(name: &str, template: &str, w: &Workload) -> Subject {
         .replace("{initrd}", &initrd);
     Subject::new(name, vec!["sh".into(), "-c".into(), cmd.clone()])
         .with_configuration(format!("as given with --peer: {cmd}"))
+}
+
+/// Snapshots the benchmark guest once into `dir`, where it says ready.
+pub fn take_snapshot(exe: &Path, run_args: &[String], dir: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    let o = Command::new(exe)
+        .arg("run")
+        .args(run_args)
+        .arg("--snapshot-on-ready")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("--restore: cannot run ember to take the snapshot: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "--restore: the guest could not be snapshotted at ready: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// ember continuing the benchmark snapshot in `dir`, with a per-run timings file: its time to
+/// the workload is from exec to the guest's workload mark after the restore.
+pub fn ember_restore(exe: &Path, dir: &Path, timings_dir: &Path) -> Subject {
+    Subject {
+        name: "ember restore".into(),
+        argv: vec![
+            exe.display().to_string(),
+            "run".into(),
+            "--restore".into(),
+            dir.display().to_string(),
+            format!("--timings={}/ember-{{run}}.json", timings_dir.display()),
+        ],
+        is_ember: true,
+        configuration: format!(
+            "ember run --restore {} (snapshot at the guest's ready)",
+            dir.display()
+        ),
+    }
 }
 
 /// ember itself: `ember run` with the given run options and a per-run timings file.

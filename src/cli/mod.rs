@@ -90,8 +90,13 @@ pub struct BenchArgs {
     )]
     baselines: Vec<String>,
     /// A peer VMM to add: NAME='COMMAND {kernel} {initrd}' (run with sh -c); repeatable.
+    /// With --restore, {snapshot} is the benchmark snapshot's directory.
     #[arg(long = "peer", value_name = "NAME=CMD")]
     peers: Vec<String>,
+    /// Also time restores: snapshot the guest once where it says ready, and add an "ember
+    /// restore" subject continuing it, beside the cold boot (docs/snapshot.md).
+    #[arg(long)]
+    restore: bool,
     /// Where results.json, results.csv and plot.svg go.
     #[arg(long, value_name = "DIR", default_value = "ember-bench")]
     out: PathBuf,
@@ -109,6 +114,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
         peers: args.peers,
         out: args.out,
         run_args: args.run_args,
+        restore: args.restore,
     };
     let results = ember::bench::run(&cfg).map_err(|e| Failure {
         code: match e {
