@@ -298,6 +298,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             process_io: None,
             snapshot_on_ready: None,
             snapshots_on_request: api.is_some(),
+            stop_signals: ember::signals::STOP_SIGNALS.to_vec(),
         };
         let facts = exit_code::RunFacts::restored(loaded.vm.exec.clone());
         let mut vmm = Vmm::restore(loaded, runtime).map_err(|e| {
@@ -399,6 +400,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         process_io: program.then(|| super::process::io(terminal)),
         snapshot_on_ready,
         snapshots_on_request: api.is_some(),
+        stop_signals: ember::signals::STOP_SIGNALS.to_vec(),
     };
     // The exit code needs these after the build has taken the resolved VM.
     let facts = exit_code::RunFacts::of(&vm);

@@ -242,6 +242,11 @@ pub struct Runtime {
     /// Whether a front end may ask for snapshots while the VM runs ([`VmHandle::ask`]):
     /// the MSRs a snapshot saves are listed up front.
     pub snapshots_on_request: bool,
+    /// The host signals that stop the VM, read on the event loop ([`ExitReason::Signal`]):
+    /// the front end's choice (`ember run` gives [`signals::STOP_SIGNALS`]); none leaves the
+    /// process's signals alone, for a caller that handles them itself and stops the VM with
+    /// [`VmHandle::stop`].
+    pub stop_signals: Vec<libc::c_int>,
 }
 
 /// `--snapshot-on-ready`: the files, made before the VM runs, and whether the VM goes on.
@@ -268,6 +273,7 @@ impl Runtime {
             process_io: None,
             snapshot_on_ready: None,
             snapshots_on_request: false,
+            stop_signals: signals::STOP_SIGNALS.to_vec(),
         }
     }
 }
@@ -369,6 +375,8 @@ pub struct Vmm {
     snapshot_on_ready: Option<SnapshotOnReady>,
     /// What front ends on other threads ask of the running VM.
     requests: Arc<requests::Requests>,
+    /// The host signals that stop it.
+    stop_signals: Vec<libc::c_int>,
     /// Paused by a request (a snapshot on request needs it).
     paused: bool,
     /// Startup stamps.
@@ -757,6 +765,7 @@ impl Vmm {
             exec: extras.exec,
             snapshot_on_ready: runtime.snapshot_on_ready,
             requests: Arc::default(),
+            stop_signals: runtime.stop_signals,
             paused: false,
             timeout: extras.timeout,
             measure_guest_memory: runtime.measure_guest_memory,
@@ -786,13 +795,13 @@ impl Vmm {
         let host_err = |what| move |source| VmmError::Host { what, source };
         // Signals become events: block them here (the vCPU threads block them themselves) and
         // read them from a signalfd in the event loop.
-        let signals = SignalFd::new(&signals::STOP_SIGNALS).map_err(host_err("signalfd"))?;
+        let signals = SignalFd::new(&self.stop_signals).map_err(host_err("signalfd"))?;
         signals::register_kick_handler().map_err(host_err("kick signal handler"))?;
         // Armed now, before this thread's filter (timerfd_create and settime are not in it).
         let deadline = match self.timeout {
             Some(after) => {
                 let timer_err = |e: vmm_sys_util::errno::Error| VmmError::Host {
-                    what: "the --timeout timerfd",
+                    what: "the timeout's timerfd",
                     source: std::io::Error::from_raw_os_error(e.errno()),
                 };
                 let mut t = TimerFd::new().map_err(timer_err)?;
