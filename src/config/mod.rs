@@ -574,8 +574,10 @@ impl VmConfig {
             .read_to_string(&mut text)
             .map_err(|e| err(format!("cannot read it as text ({e})")))?;
         let mut c: VmConfig = serde_json::from_str(&text).map_err(|e| {
+            // serde quotes the file's own text (an unknown field's name), newlines and all.
             err(format!(
-                "not a valid ember configuration ({e}): see docs/config.md"
+                "not a valid ember configuration ({}): see docs/config.md",
+                one_line(&e.to_string())
             ))
         })?;
         c.sources.file = Some(path.to_path_buf());
@@ -775,6 +777,11 @@ mod tests {
         .unwrap();
         let e = VmConfig::from_file(&file).unwrap_err().to_string();
         assert!(e.contains("unknown field `turbo`"), "{e}");
+        // Found by fuzz/fuzz_targets/config_file.rs: an unknown field whose name holds a
+        // newline (a JSON escape), quoted back by serde.
+        std::fs::write(&file, "{\"a\\nb\": 1}").unwrap();
+        let e = VmConfig::from_file(&file).unwrap_err().to_string();
+        assert!(!e.contains('\n') && e.contains("a\\nb"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
