@@ -32,3 +32,7 @@ pub const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ember-in
 /// The tiny PVH guest `ember bench` boots on hosts where Linux cannot reach userspace (one
 /// console line, the boot timer, a reset): tests/guests/hello_pvh.S.
 pub const BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/hello_pvh"));
+
+/// The idle tiny guest `ember bench --density` starts many of: one console line, then halted
+/// with interrupts off for good (tests/guests/halt.S).
+pub const IDLE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/halt"));

@@ -158,6 +158,53 @@ fn a_restore_subject_is_timed_beside_the_cold_boot() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `--density`: a few idle VMs at once, each up, measured, and stopped: nothing left running.
+#[test]
+fn a_density_run_measures_idle_vms_and_stops_them() {
+    let out = out_dir("density");
+    let o = run(
+        &[
+            "bench",
+            "--density",
+            "2,4",
+            "--baselines",
+            "process",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("density.json")).unwrap()).unwrap();
+    assert_eq!(v["schema"], "ember-density/1");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for (row, n) in rows.iter().zip([2, 4]) {
+        assert_eq!(row["subject"], "ember", "{v}");
+        assert_eq!(
+            (row["n"].as_u64(), row["up"].as_u64()),
+            (Some(n), Some(n)),
+            "{v}"
+        );
+        assert!(row["pss_kib_each"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert!(
+        std::fs::read_to_string(out.join("density.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            == 3
+    );
+    let o = run(
+        &["bench", "--density", "0", "--out", out.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("--density"), "{o:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn missing_runtime_is_skipped_not_fatal() {
     let out = out_dir("skip");

@@ -5,6 +5,7 @@
 //! `warmup` runs of each block are dropped, so machine drift cancels and no subject pays for
 //! the previous one's deferred teardown. docs/startup-latency.md has the method and figures.
 
+pub mod density;
 pub mod report;
 pub mod runner;
 pub mod stats;
@@ -131,6 +132,75 @@ fn uname_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// `ember bench --density N,...`: each subject (ember's idle tiny guest; crun's idle
+/// container, when `crun` is among the baselines and installed) at each count, one after the
+/// other; writes density.json and density.csv into the output directory and returns the
+/// results with the subjects that were skipped and why.
+pub fn run_density(
+    cfg: &BenchConfig,
+    counts: &[usize],
+) -> Result<(Vec<density::DensityResult>, Vec<(String, String)>), BenchError> {
+    if counts.is_empty() || counts.contains(&0) {
+        return Err(BenchError::NoRuns);
+    }
+    cfg.validate()?;
+    let out = std::fs::canonicalize(&cfg.out).map_err(|source| BenchError::OutDir {
+        path: cfg.out.clone(),
+        source,
+    })?;
+    let out_err = |source| BenchError::OutDir {
+        path: out.clone(),
+        source,
+    };
+    density::raise_fd_limit();
+    let exe = std::env::current_exe().map_err(BenchError::Exe)?;
+    let guest = out.join("idle-guest");
+    std::fs::write(&guest, crate::IDLE_GUEST).map_err(out_err)?;
+    let mut subjects: Vec<Box<dyn density::Instances>> =
+        vec![Box::new(density::EmberIdle { exe, guest })];
+    let mut skipped = Vec::new();
+    if cfg.baselines.iter().any(|b| b == "crun") {
+        let rootfs = subjects::make_rootfs(&out).map_err(out_err)?;
+        match density::idle_bundle(&out, &rootfs) {
+            Ok(bundle) => subjects.push(Box::new(density::CrunIdle {
+                bundle,
+                prefix: format!("ember-density-{}", std::process::id()),
+            })),
+            Err(why) => skipped.push(("crun".to_string(), why)),
+        }
+    }
+    let mut results = Vec::new();
+    for &n in counts {
+        for s in &subjects {
+            let r = density::measure(s.as_ref(), n).map_err(out_err)?;
+            if r.up < n && s.name() == "ember" {
+                return Err(BenchError::Ember(format!(
+                    "only {} of {n} idle VMs printed their line",
+                    r.up
+                )));
+            }
+            results.push(r);
+        }
+    }
+    let json = serde_json::json!({
+        "schema": "ember-density/1",
+        "host": { "flavour": HostFlavour::detect().name(), "cpu": cpu_model() },
+        "results": results,
+        "skipped": skipped,
+    });
+    std::fs::write(out.join("density.json"), json.to_string()).map_err(out_err)?;
+    let mut csv =
+        String::from("subject,n,up,all_up_s,host_kib_each,pss_kib_each,kernel_kib_each\n");
+    for r in &results {
+        csv.push_str(&format!(
+            "{},{},{},{:.3},{:.1},{:.1},{:.1}\n",
+            r.subject, r.n, r.up, r.all_up_s, r.host_kib_each, r.pss_kib_each, r.kernel_kib_each
+        ));
+    }
+    std::fs::write(out.join("density.csv"), csv).map_err(out_err)?;
+    Ok((results, skipped))
 }
 
 /// Runs the benchmark and writes its outputs; the caller prints the table.

@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// restore" subject continuing it, beside the cold boot (docs/snapshot.md).
     #[arg(long)]
     restore: bool,
+    /// Measure density instead of time: N idle instances of each subject at once, for each N
+    /// given (comma-separated): host memory, PSS and kernel memory each (docs/density.md).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    density: Vec<usize>,
     /// Where results.json, results.csv and plot.svg go.
     #[arg(long, value_name = "DIR", default_value = "ember-bench")]
     out: PathBuf,
@@ -116,6 +120,30 @@ pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
         run_args: args.run_args,
         restore: args.restore,
     };
+    let bench_failure = |e: BenchError| Failure {
+        code: match e {
+            BenchError::Ember(_) | BenchError::Exe(_) => exit_code::HOST_ERROR,
+            _ => exit_code::BAD_INPUT,
+        },
+        message: e.to_string(),
+    };
+    if !args.density.is_empty() {
+        let (results, skipped) =
+            ember::bench::run_density(&cfg, &args.density).map_err(|e| match e {
+                BenchError::NoRuns => Failure::bad_input("--density: give counts of 1 or more"),
+                e => bench_failure(e),
+            })?;
+        let mut text = ember::bench::density::table(&results);
+        for (name, why) in skipped {
+            text.push_str(&format!("{name}: skipped: {why}\n"));
+        }
+        text.push_str(&format!(
+            "results: {}/density.json, density.csv\n",
+            cfg.out.display()
+        ));
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        return Ok(0);
+    }
     let results = ember::bench::run(&cfg).map_err(|e| Failure {
         code: match e {
             BenchError::Ember(_) | BenchError::Exe(_) => exit_code::HOST_ERROR,

@@ -260,6 +260,14 @@ fn main() {
         println!("hello from the ember workload");
         return;
     }
+    // `ember bench --density`'s idle container: the line, then nothing, for good.
+    if std::env::args().nth(1).as_deref() == Some("--idle") {
+        println!("hello from the ember workload");
+        loop {
+            // SAFETY: pause has no preconditions; it returns only after a caught signal.
+            unsafe { libc::pause() };
+        }
+    }
     mount_fs("proc", "/proc");
     mount_fs("sysfs", "/sys");
     mount_fs("devtmpfs", "/dev");

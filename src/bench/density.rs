@@ -1,0 +1,364 @@
+//! `ember bench --density N[,N...]`: how many idle instances a host holds, measured as a user
+//! would. For each count N and each subject, N instances are started at once and each is
+//! waited for until its first line; then, once they have settled, the host's memory is read
+//! again: the drop in MemAvailable divided by N (host memory each), each instance's own PSS
+//! (`/proc/PID/smaps_rollup`), and the kernel's growth in Slab + PageTables + KernelStack
+//! (kernel memory each). Then they are all stopped, and the next subject starts from a quiet
+//! host. The subjects run the same idle work: ember a tiny guest that prints a line and halts
+//! (tests/guests/halt.S), crun a static program that prints the same kind of line and pauses
+//! (ember's init, `/init --idle`), as `crun run -d`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// How long N instances may take to all print their line.
+const UP_LIMIT: Duration = Duration::from_secs(300);
+/// How long the host is left to settle before it is measured (page cache, RCU frees).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The host's memory figures that count, in KiB (`/proc/meminfo`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    /// MemAvailable.
+    pub available: u64,
+    /// Slab + PageTables + KernelStack.
+    pub kernel: u64,
+}
+
+impl MemInfo {
+    /// Reads them now.
+    pub fn read() -> std::io::Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string("/proc/meminfo")?))
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut fields = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((name, rest)) = line.split_once(':') {
+                let kib = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                fields.insert(name.trim().to_string(), kib);
+            }
+        }
+        let f = |n: &str| fields.get(n).copied().unwrap_or(0);
+        Self {
+            available: f("MemAvailable"),
+            kernel: f("Slab") + f("PageTables") + f("KernelStack"),
+        }
+    }
+}
+
+/// One subject at one count.
+#[derive(Debug, Clone, Serialize)]
+pub struct DensityResult {
+    /// The subject.
+    pub subject: String,
+    /// Instances started.
+    pub n: usize,
+    /// How many printed their line within the limit.
+    pub up: usize,
+    /// Seconds from the first start until the last line (the starts are one after the other,
+    /// from this one thread, as a shell loop would).
+    pub all_up_s: f64,
+    /// Host memory each: the drop in MemAvailable over N, KiB.
+    pub host_kib_each: f64,
+    /// Each instance's own PSS, the mean, KiB (what the measured processes map).
+    pub pss_kib_each: f64,
+    /// The kernel's growth (Slab + PageTables + KernelStack) over N, KiB.
+    pub kernel_kib_each: f64,
+}
+
+/// How to start one instance of a subject and find its process.
+pub trait Instances {
+    /// The subject's name in reports.
+    fn name(&self) -> &str;
+    /// Starts instance `i`, its stdout a pipe.
+    fn start(&self, i: usize) -> std::io::Result<Child>;
+    /// The pid whose PSS counts for instance `i`, once it is up (`child` is what `start`
+    /// returned).
+    fn measured_pid(&self, i: usize, child: &Child) -> Option<u32>;
+    /// Stops instance `i` and reaps what it left.
+    fn stop(&self, i: usize, child: &mut Child);
+}
+
+/// ember booting the idle tiny guest.
+pub struct EmberIdle {
+    /// The ember executable.
+    pub exe: PathBuf,
+    /// The idle guest's image.
+    pub guest: PathBuf,
+}
+
+impl Instances for EmberIdle {
+    fn name(&self) -> &str {
+        "ember"
+    }
+    fn start(&self, _i: usize) -> std::io::Result<Child> {
+        Command::new(&self.exe)
+            .arg("run")
+            .arg("--kernel")
+            .arg(&self.guest)
+            .args(["--no-initrd", "--timeout", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+    fn measured_pid(&self, _i: usize, child: &Child) -> Option<u32> {
+        Some(child.id())
+    }
+    fn stop(&self, _i: usize, child: &mut Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// crun running the idle program as a detached container (`crun run -d`).
+pub struct CrunIdle {
+    /// The OCI bundle (its process is `/init --idle`).
+    pub bundle: PathBuf,
+    /// A prefix for the container names, unique to this run.
+    pub prefix: String,
+}
+
+impl CrunIdle {
+    fn id(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+}
+
+impl Instances for CrunIdle {
+    fn name(&self) -> &str {
+        "crun"
+    }
+    fn start(&self, i: usize) -> std::io::Result<Child> {
+        Command::new("crun")
+            .args(["run", "-d", "--bundle"])
+            .arg(&self.bundle)
+            .arg(self.id(i))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+    fn measured_pid(&self, i: usize, _child: &Child) -> Option<u32> {
+        let out = Command::new("crun")
+            .args(["state", &self.id(i)])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    }
+    fn stop(&self, i: usize, child: &mut Child) {
+        let _ = Command::new("crun")
+            .args(["delete", "-f", &self.id(i)])
+            .stderr(Stdio::null())
+            .status();
+        let _ = child.wait();
+    }
+}
+
+/// Writes the OCI bundle for the idle container under `dir`: `config.json` from `crun spec`,
+/// its process `/init --idle`, its root `rootfs` read-only.
+pub fn idle_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf, String> {
+    let bundle = dir.join("bundle-idle");
+    std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    let out = Command::new("crun")
+        .arg("spec")
+        .current_dir(&bundle)
+        .output()
+        .map_err(|e| format!("crun spec: {e}"))?;
+    if !out.status.success() {
+        return Err("crun spec failed".into());
+    }
+    let text = std::fs::read_to_string(bundle.join("config.json")).map_err(|e| e.to_string())?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    spec["process"]["args"] = serde_json::json!(["/init", "--idle"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["root"]["path"] = serde_json::json!(rootfs.display().to_string());
+    spec["root"]["readonly"] = serde_json::json!(true);
+    std::fs::write(bundle.join("config.json"), spec.to_string()).map_err(|e| e.to_string())?;
+    Ok(bundle)
+}
+
+/// A process's PSS in KiB (`smaps_rollup`), if it can be read.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Waits until every child in `children` has printed a whole line (or `limit` passes);
+/// returns how many did, when the last one did, and their pipes (kept open until the
+/// instances are stopped: a closed pipe would end one that writes again).
+fn wait_for_lines(
+    children: &mut [Child],
+    start: Instant,
+    limit: Duration,
+) -> (usize, Duration, Vec<Option<std::process::ChildStdout>>) {
+    let mut pipes: Vec<Option<std::process::ChildStdout>> =
+        children.iter_mut().map(|c| c.stdout.take()).collect();
+    for p in pipes.iter().flatten() {
+        // SAFETY: fcntl on a pipe fd this process owns.
+        unsafe {
+            let fd = p.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    let mut done = vec![false; pipes.len()];
+    let mut up = 0;
+    let mut last = Duration::ZERO;
+    let mut buf = [0u8; 512];
+    while up < pipes.len() && start.elapsed() < limit {
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .filter_map(|(p, _)| p.as_ref())
+            .map(|p| libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a live array of pollfd of the length given.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        for (slot, done) in pipes.iter_mut().zip(done.iter_mut()) {
+            let Some(p) = slot.as_mut().filter(|_| !*done) else {
+                continue;
+            };
+            match p.read(&mut buf) {
+                Ok(n) if n > 0 && buf[..n].contains(&b'\n') => {
+                    up += 1;
+                    last = start.elapsed();
+                    *done = true;
+                }
+                Ok(0) => *slot = None, // it ended without a line
+                _ => {}
+            }
+        }
+    }
+    (up, last, pipes)
+}
+
+/// Raises the open-file limit to its hard limit: N instances need N pipes here.
+pub fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Measures `subject` at `n` instances.
+pub fn measure(subject: &dyn Instances, n: usize) -> std::io::Result<DensityResult> {
+    let before = MemInfo::read()?;
+    let start = Instant::now();
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        children.push(subject.start(i)?);
+    }
+    let (up, all_up, pipes) = wait_for_lines(&mut children, start, UP_LIMIT);
+    std::thread::sleep(SETTLE);
+    let after = MemInfo::read()?;
+    let pss: Vec<u64> = children
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| pss_kib(subject.measured_pid(i, c)?))
+        .collect();
+    for (i, c) in children.iter_mut().enumerate() {
+        subject.stop(i, c);
+    }
+    drop(pipes);
+    let each = |kib: i64| kib as f64 / n.max(1) as f64;
+    Ok(DensityResult {
+        subject: subject.name().to_string(),
+        n,
+        up,
+        all_up_s: all_up.as_secs_f64(),
+        host_kib_each: each(before.available as i64 - after.available as i64),
+        pss_kib_each: if pss.is_empty() {
+            0.0
+        } else {
+            pss.iter().sum::<u64>() as f64 / pss.len() as f64
+        },
+        kernel_kib_each: each(after.kernel as i64 - before.kernel as i64),
+    })
+}
+
+/// The results as a table, MiB and KiB as the figures are given.
+pub fn table(results: &[DensityResult]) -> String {
+    let mut out = String::from(
+        "subject      N     up | host MiB each | process PSS KiB each | kernel KiB each | all up after\n",
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<10} {:>5} {:>6} | {:>13.2} | {:>20.0} | {:>15.0} | {:>10.2} s\n",
+            r.subject,
+            r.n,
+            r.up,
+            r.host_kib_each / 1024.0,
+            r.pss_kib_each,
+            r.kernel_kib_each,
+            r.all_up_s
+        ));
+    }
+    out.push_str("host MiB each = the drop in MemAvailable over N; PSS = each measured process's own (ember: its process; crun: the container's process); kernel = Slab + PageTables + KernelStack growth over N\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_fields() {
+        let m = MemInfo::parse(
+            "MemTotal: 100 kB\nMemAvailable:   5000 kB\nSlab: 10 kB\nPageTables: 20 kB\nKernelStack: 30 kB\n",
+        );
+        assert_eq!(
+            m,
+            MemInfo {
+                available: 5000,
+                kernel: 60
+            }
+        );
+        assert!(MemInfo::read().unwrap().available > 0);
+    }
+
+    #[test]
+    fn a_table_row_per_result() {
+        let r = DensityResult {
+            subject: "ember".into(),
+            n: 10,
+            up: 10,
+            all_up_s: 0.5,
+            host_kib_each: 1024.0,
+            pss_kib_each: 260.0,
+            kernel_kib_each: 380.0,
+        };
+        let t = table(&[r]);
+        assert!(
+            t.contains("ember         10     10 |          1.00 |"),
+            "{t}"
+        );
+    }
+}
