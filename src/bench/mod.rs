@@ -134,14 +134,14 @@ fn uname_release() -> String {
         .unwrap_or_default()
 }
 
+/// What a density run found: the results, and the subjects skipped with why.
+pub type DensityRun = (Vec<density::DensityResult>, Vec<(String, String)>);
+
 /// `ember bench --density N,...`: each subject (ember's idle tiny guest; crun's idle
 /// container, when `crun` is among the baselines and installed) at each count, one after the
 /// other; writes density.json and density.csv into the output directory and returns the
 /// results with the subjects that were skipped and why.
-pub fn run_density(
-    cfg: &BenchConfig,
-    counts: &[usize],
-) -> Result<(Vec<density::DensityResult>, Vec<(String, String)>), BenchError> {
+pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, BenchError> {
     if counts.is_empty() || counts.contains(&0) {
         return Err(BenchError::NoRuns);
     }
