@@ -167,28 +167,10 @@ impl Instances for CrunIdle {
     }
 }
 
-/// Writes the OCI bundle for the idle container under `dir`: `config.json` from `crun spec`,
-/// its process `/init --idle`, its root `rootfs` read-only.
+/// Writes the OCI bundle for the idle container under `dir`: its process `/init --idle`, its
+/// root `rootfs` read-only.
 pub fn idle_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf, String> {
-    let bundle = dir.join("bundle-idle");
-    std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
-    let _ = std::fs::remove_file(bundle.join("config.json"));
-    let out = Command::new("crun")
-        .arg("spec")
-        .current_dir(&bundle)
-        .output()
-        .map_err(|e| format!("crun spec: {e}"))?;
-    if !out.status.success() {
-        return Err("crun spec failed".into());
-    }
-    let text = std::fs::read_to_string(bundle.join("config.json")).map_err(|e| e.to_string())?;
-    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    spec["process"]["args"] = serde_json::json!(["/init", "--idle"]);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    spec["root"]["path"] = serde_json::json!(rootfs.display().to_string());
-    spec["root"]["readonly"] = serde_json::json!(true);
-    std::fs::write(bundle.join("config.json"), spec.to_string()).map_err(|e| e.to_string())?;
-    Ok(bundle)
+    super::subjects::oci_bundle(&dir.join("bundle-idle"), rootfs, &["/init", "--idle"])
 }
 
 /// A process's PSS in KiB (`smaps_rollup`), if it can be read.

@@ -92,9 +92,15 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-/// Writes an OCI bundle (config.json from `crun spec`, edited) for crun and runc.
+/// Writes the OCI bundle for crun and runc: the workload, `/init --workload`.
 fn make_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf, String> {
-    let bundle = dir.join("bundle");
+    oci_bundle(&dir.join("bundle"), rootfs, &["/init", "--workload"])
+}
+
+/// Writes the OCI bundle `bundle` (config.json from `crun spec`, edited): its process `args`,
+/// no terminal, its root `rootfs` read-only.
+pub fn oci_bundle(bundle: &Path, rootfs: &Path, args: &[&str]) -> Result<PathBuf, String> {
+    let bundle = bundle.to_path_buf();
     std::fs::create_dir_all(&bundle)
         .map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
     let _ = std::fs::remove_file(bundle.join("config.json"));
@@ -111,7 +117,7 @@ fn make_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf, String> {
     }
     let text = std::fs::read_to_string(bundle.join("config.json")).map_err(|e| e.to_string())?;
     let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    spec["process"]["args"] = serde_json::json!(["/init", "--workload"]);
+    spec["process"]["args"] = serde_json::json!(args);
     spec["process"]["terminal"] = serde_json::json!(false);
     spec["root"]["path"] = serde_json::json!(rootfs.display().to_string());
     spec["root"]["readonly"] = serde_json::json!(true);
