@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, channel};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::api::*;
 use common::*;
 
 fn scratch(test: &str) -> PathBuf {
@@ -18,49 +16,6 @@ fn scratch(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// One request, `Connection: close`; the status and the body.
-fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("an answer");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {out:?}"));
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-/// Collects a child's stdout as it comes.
-fn collect(mut out: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// What has come so far, waiting up to `wait` for more.
-fn drain(rx: &Receiver<Vec<u8>>, seen: &mut String, wait: Duration) {
-    let end = Instant::now() + wait;
-    while let Ok(c) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-        seen.push_str(&String::from_utf8_lossy(&c));
-    }
 }
 
 /// The numbers of the whole `count N` lines in `text`, skipping its first line if `skip_first`.

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// connections to port P reach PATH_P (Firecracker's convention).
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<String>,
+    /// A virtio-balloon device: the guest gives back the memory it frees (free page
+    /// reporting) and AMOUNT MiB on request, and takes it back when it runs out (deflate on
+    /// OOM). Alone: amount_mib=0, both on. `PATCH /balloon` on --api-sock changes the amount.
+    #[arg(long, value_name = "amount_mib=N,deflate_on_oom=on|off,free_page_reporting=on|off", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    balloon: Option<String>,
     /// Stop the guest if it is still running after this long (90, 90s, 500ms, 5m, 1h; 0: never).
     /// Default: none, except for a Linux guest on a PVM-based /dev/kvm (see `ember host`).
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
@@ -104,7 +109,7 @@ pub struct RunArgs {
     /// this new process, with its memory mapped copy-on-write from DIR/memory.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "config", "print_config", "kernel", "initrd", "exec", "no_initrd", "cmdline", "vcpus",
-        "overcommit_vcpus", "mem_mib", "disk", "rootfs", "net", "vsock", "args",
+        "overcommit_vcpus", "mem_mib", "disk", "rootfs", "net", "vsock", "balloon", "args",
         "snapshot_on_ready",
     ])]
     restore: Option<PathBuf>,
@@ -234,6 +239,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.vsock {
             c.vsock = Some(config::parse_vsock(v)?);
+        }
+        if let Some(b) = &self.balloon {
+            c.balloon = Some(config::parse_balloon(b)?);
         }
         if let Some(t) = self.timeout {
             c.timeout = Some(t);

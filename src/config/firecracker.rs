@@ -18,6 +18,8 @@ enum Default {
     Bool(bool),
     /// null, or one of these strings.
     Str(&'static [&'static str]),
+    /// null, or the number 0.
+    Zero,
     /// null, or an empty list.
     EmptyList,
     /// null, or an object whose every value is null (a logger with nothing set).
@@ -36,6 +38,7 @@ impl Default {
             Default::Null => false,
             Default::Bool(b) => v.as_bool() == Some(b),
             Default::Str(s) => v.as_str().is_some_and(|v| s.contains(&v)),
+            Default::Zero => v.as_u64() == Some(0),
             Default::EmptyList => v.as_array().is_some_and(|a| a.is_empty()),
             Default::AllNull => v
                 .as_object()
@@ -55,6 +58,7 @@ impl Default {
             Default::Null | Default::NoLimit | Default::AllNull => "set it to null".into(),
             Default::Bool(b) => format!("set it to {b}"),
             Default::Str(s) => format!("set it to {:?}", s[0]),
+            Default::Zero => "set it to 0".into(),
             Default::EmptyList => "set it to []".into(),
         }
     }
@@ -203,17 +207,31 @@ pub(super) fn check(c: &VmConfig) -> Result<(), ConfigError> {
             ],
         )?;
     }
+    if let Some(b) = &c.balloon {
+        check_fields(
+            c,
+            "balloon.",
+            &[
+                (
+                    "stats_polling_interval_s",
+                    &b.stats_polling_interval_s,
+                    Default::Zero,
+                    "no statistics queue: the guest's memory figures are in its /proc/meminfo",
+                ),
+                (
+                    "free_page_hinting",
+                    &b.free_page_hinting,
+                    Default::Bool(false),
+                    "no free page hinting: free_page_reporting gives freed memory back while the guest runs",
+                ),
+            ],
+        )?;
+    }
     let f = c;
     check_fields(
         c,
         "",
         &[
-            (
-                "balloon",
-                &f.balloon,
-                Default::Null,
-                "no balloon device: guest memory is faulted in as the guest touches it",
-            ),
             (
                 "cpu-config",
                 &f.cpu_config,

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 pub use input::{Origin, Sources};
 pub use parse::{
-    parse_disk, parse_duration, parse_mac, parse_mem_mib, parse_net, parse_rootfs, parse_vcpus,
-    parse_vsock, show_duration,
+    parse_balloon, parse_disk, parse_duration, parse_mac, parse_mem_mib, parse_net, parse_rootfs,
+    parse_vcpus, parse_vsock, show_duration,
 };
 pub use validate::{MAX_UDS_PATH, check_static_elf, host_cpus, open_input_file};
 
@@ -447,6 +447,33 @@ pub struct Vsock {
     pub origin: Origin,
 }
 
+/// A virtio-balloon device (Firecracker's `balloon`): the host asks the guest for
+/// `amount_mib` of its memory back (the guest puts that much in the balloon, and ember gives
+/// those pages back to the host), and, with `free_page_reporting`, the guest reports the
+/// memory it frees, which ember gives back too. The target can change while the VM runs
+/// (the control socket's `PATCH /balloon`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    /// How much of the guest's memory the host asks for, in MiB.
+    pub amount_mib: u32,
+    /// Whether the guest may take pages back out of the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Whether the guest reports the memory it frees (Linux 5.7+), for ember to give back.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+    /// Firecracker's statistics queue: accepted at 0 (ember's balloon has none).
+    #[serde(default, skip_serializing)]
+    pub stats_polling_interval_s: Option<Value>,
+    /// Firecracker's free page hinting: accepted when false (reporting does the same job
+    /// while the guest runs).
+    #[serde(default, skip_serializing)]
+    pub free_page_hinting: Option<Value>,
+    /// Where it came from, for messages.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
 /// Everything about one VM that a user chooses. Runtime handles (console fds, the timeline,
 /// where reports go) are not here: see [`crate::vmm::Runtime`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,6 +498,9 @@ pub struct VmConfig {
     /// The vsock device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    /// The balloon device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
     /// Host directories the guest sees (virtio-fs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<SharedDir>,
@@ -487,9 +517,6 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     // Firecracker's top-level sections ember accepts only at their defaults
     // (config/firecracker.rs).
-    /// Firecracker's `balloon`: accepted when null.
-    #[serde(default, skip_serializing)]
-    pub balloon: Option<Value>,
     /// Firecracker's `cpu-config`: accepted when null.
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<Value>,
@@ -641,6 +668,16 @@ impl VmConfig {
             .device_at(&d.origin, "shares", index, field, value)
     }
 
+    /// The balloon's field as the user gave it.
+    pub fn balloon_at(&self, b: &Balloon, field: &str, value: &dyn std::fmt::Display) -> String {
+        match &b.origin {
+            Origin::Flag { .. } => self
+                .sources
+                .device_at(&b.origin, "balloon", 0, field, value),
+            Origin::Config => self.sources.field_at(&format!("balloon.{field}"), value),
+        }
+    }
+
     /// The vsock device's field as the user gave it.
     pub fn vsock_at(&self, v: &Vsock, field: &str, value: &dyn std::fmt::Display) -> String {
         match &v.origin {
@@ -743,8 +780,8 @@ mod tests {
             ),
             (
                 "\"balloon\": null",
-                "\"balloon\": {\"amount_mib\": 1, \"deflate_on_oom\": true}",
-                "balloon",
+                "\"balloon\": {\"amount_mib\": 1, \"deflate_on_oom\": true, \"stats_polling_interval_s\": 5}",
+                "balloon.stats_polling_interval_s: 5: not supported by ember (no statistics queue",
             ),
             (
                 "\"pmem\": []",

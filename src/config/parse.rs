@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::input::{Origin, quoted_if_needed};
-use super::{ConfigError, Drive, MAX_VCPUS, MIN_MEM_MIB, NetworkInterface, Vsock};
+use super::{Balloon, ConfigError, Drive, MAX_VCPUS, MIN_MEM_MIB, NetworkInterface, Vsock};
 
 /// Parses a duration: seconds (`90`), or a number with `ms`, `s`, `m` or `h` (`500ms`, `5m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -225,6 +225,61 @@ pub fn parse_vsock(text: &str) -> Result<Vsock, ConfigError> {
             format!("cid= and uds= are both needed: {usage}"),
         )),
     }
+}
+
+/// `--balloon[=amount_mib=N,deflate_on_oom=on|off,free_page_reporting=on|off]`: every option
+/// may be left out; alone, the flag gives a balloon of 0 MiB that deflates on OOM and reports
+/// freed memory (what a user adding a balloon for density wants; a Firecracker file's
+/// `balloon` section, by contrast, says each field itself).
+pub fn parse_balloon(text: &str) -> Result<Balloon, ConfigError> {
+    const FLAG: &str = "--balloon";
+    let usage =
+        "use --balloon or --balloon=amount_mib=N,deflate_on_oom=on|off,free_page_reporting=on|off";
+    let mut b = Balloon {
+        amount_mib: 0,
+        deflate_on_oom: true,
+        free_page_reporting: true,
+        origin: origin(FLAG, text),
+        ..Balloon::default()
+    };
+    if text.is_empty() {
+        return Ok(b);
+    }
+    let switch = |key: &str, v: Option<&str>| match v {
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        _ => Err(value_err(
+            FLAG,
+            text,
+            format!("{key}= takes on or off: {usage}"),
+        )),
+    };
+    for (key, value) in pieces(FLAG, text, usage)? {
+        match key {
+            "amount_mib" => {
+                b.amount_mib = value
+                    .filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        value_err(
+                            FLAG,
+                            text,
+                            format!("amount_mib= takes a whole number of MiB: {usage}"),
+                        )
+                    })?
+            }
+            "deflate_on_oom" => b.deflate_on_oom = switch(key, value)?,
+            "free_page_reporting" => b.free_page_reporting = switch(key, value)?,
+            _ => {
+                return Err(value_err(
+                    FLAG,
+                    text,
+                    format!("unknown option {key:?}: {usage}"),
+                ));
+            }
+        }
+    }
+    Ok(b)
 }
 
 /// `--vcpus N`: a whole number (its range is checked with the configuration).

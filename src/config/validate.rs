@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::input::{Origin, path_value};
 use super::{
-    CMDLINE_MAX_SIZE, ConfigError, Drive, InitrdChoice, MAX_DEVICES_PER_KIND, MAX_VCPUS,
+    Balloon, CMDLINE_MAX_SIZE, ConfigError, Drive, InitrdChoice, MAX_DEVICES_PER_KIND, MAX_VCPUS,
     MIN_MEM_MIB, NetworkInterface, VmConfig, Vsock, firecracker, parse,
 };
 
@@ -156,6 +156,9 @@ impl VmConfig {
         self.validate_nets()?;
         if let Some(v) = &self.vsock {
             self.validate_vsock(v)?;
+        }
+        if let Some(b) = &self.balloon {
+            self.validate_balloon(b)?;
         }
         self.validate_shares()?;
         if let Some(p) = &self.process {
@@ -455,6 +458,19 @@ impl VmConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_balloon(&self, b: &Balloon) -> Result<(), ConfigError> {
+        let mem = self.machine_config.mem_size_mib;
+        if u64::from(b.amount_mib) >= mem {
+            return Err(invalid(
+                self.balloon_at(b, "amount_mib", &b.amount_mib),
+                format!(
+                    "the guest has {mem} MiB in all, and a balloon of that much would leave it nothing: ask for less than {mem}"
+                ),
+            ));
         }
         Ok(())
     }

@@ -20,12 +20,13 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::bus::{Bus, BusError};
 use serde::{Deserialize, Serialize};
 
+use super::virtio::balloon::BalloonControl;
 use super::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, SavedTransport, WINDOW_SIZE};
 use super::virtio::state::TransportState;
 use super::virtio::{Interrupt, VirtioDevice};
 use crate::arch::x86_64::acpi::AcpiDevice;
 use crate::arch::x86_64::layout;
-use crate::config::{Drive, NetworkInterface, SharedDir, Vsock};
+use crate::config::{Balloon, Drive, NetworkInterface, SharedDir, Vsock};
 use crate::guest_log::GuestLogs;
 
 /// Errors placing or registering a device.
@@ -68,6 +69,8 @@ pub enum DeviceSpec {
         /// Whether ember's channel rides on it.
         channel: bool,
     },
+    /// The virtio-balloon device.
+    Balloon(Balloon),
     /// A virtio-fs device serving a host directory.
     Fs {
         /// The directory.
@@ -85,6 +88,7 @@ impl DeviceSpec {
             DeviceSpec::Block(d) => &d.drive_id,
             DeviceSpec::Net(n) => &n.iface_id,
             DeviceSpec::Vsock { .. } => "vsock",
+            DeviceSpec::Balloon(_) => "balloon",
             DeviceSpec::Fs { tag, .. } => tag,
         }
     }
@@ -99,6 +103,7 @@ impl DeviceSpec {
                 .as_ref()
                 .map(|v| v.uds_path.display().to_string())
                 .unwrap_or_default(),
+            DeviceSpec::Balloon(_) => String::new(),
             DeviceSpec::Fs { dir, .. } => dir.path_on_host.display().to_string(),
         }
     }
@@ -125,6 +130,7 @@ impl DeviceSpec {
             DeviceSpec::Block(d) => format!("virtio-blk {}", d.drive_id),
             DeviceSpec::Net(n) => format!("virtio-net {}", n.iface_id),
             DeviceSpec::Vsock { .. } => "virtio-vsock".into(),
+            DeviceSpec::Balloon(_) => "virtio-balloon".into(),
             DeviceSpec::Fs { tag, .. } => format!("virtio-fs {tag}"),
         }
     }
@@ -194,6 +200,8 @@ pub struct Attached {
     pub place: PlacedDevice,
     /// Its transport.
     pub transport: Arc<Mutex<dyn SavedTransport>>,
+    /// The host's side of the balloon, if this is the balloon.
+    pub balloon: Option<Arc<BalloonControl>>,
 }
 
 /// A device as a snapshot holds it.
@@ -260,6 +268,7 @@ impl Registrar<'_> {
         Ok(Attached {
             place: place.clone(),
             transport,
+            balloon: None,
         })
     }
 }

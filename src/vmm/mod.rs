@@ -39,6 +39,7 @@ use crate::devices::power::{POWER_PORT, POWER_PORT_LEN, Power};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, COM1_PORT_LEN, ConsoleOut, ConsoleWatch, SerialDevice, SerialState,
 };
+use crate::devices::virtio::balloon::{Balloon, BalloonControl};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, Share};
 use crate::devices::virtio::net::{Net, NetError, Tap, default_mac};
@@ -307,9 +308,15 @@ pub struct VmHandle {
     vcpus: Vec<Arc<VcpuControl>>,
     exit: Arc<ExitSignal>,
     requests: Arc<requests::Requests>,
+    balloon: Option<Arc<BalloonControl>>,
 }
 
 impl VmHandle {
+    /// The host's side of the VM's balloon, if it has one: its target and what it holds.
+    pub fn balloon(&self) -> Option<&BalloonControl> {
+        self.balloon.as_deref()
+    }
+
     /// Whether the VM wrote its snapshot (`--snapshot-on-ready`).
     pub fn snapshot_written(&self) -> bool {
         self.exit.has_snapshot()
@@ -648,7 +655,7 @@ impl Vmm {
                     share_setup += started.elapsed();
                     registrar.register(fs, place)?
                 }
-                _ => attach_host_device(&mut registrar, place)?,
+                _ => attach_host_device(&mut registrar, place, vm.mem_size)?,
             };
             attached.push(a);
         }
@@ -782,6 +789,7 @@ impl Vmm {
             vcpus: self.controls.clone(),
             exit: self.exit.clone(),
             requests: self.requests.clone(),
+            balloon: self.devices.iter().find_map(|d| d.balloon.clone()),
         }
     }
 
@@ -954,11 +962,13 @@ fn stop_vcpus(controls: &[Arc<VcpuControl>], handles: Vec<JoinHandle<Option<Vcpu
     }
 }
 
-/// Opens the host side of a block, network or vsock device (without ember's channel) and
-/// registers it: what a boot and a restore do alike.
+/// Opens the host side of a block, network or vsock device (without ember's channel), or
+/// makes the balloon (for a guest of `mem_size` bytes), and registers it: what a boot and a
+/// restore do alike.
 fn attach_host_device(
     registrar: &mut Registrar,
     place: &PlacedDevice,
+    mem_size: u64,
 ) -> Result<Attached, VmmError> {
     let device = |reason: String| VmmError::Device {
         input: place.input.clone(),
@@ -983,6 +993,12 @@ fn attach_host_device(
             config,
             channel: false,
         } => registrar.register(open_vsock(place, config.as_ref(), None)?, place)?,
+        DeviceSpec::Balloon(b) => {
+            let control = Arc::new(BalloonControl::new(b, mem_size));
+            let mut a = registrar.register(Balloon::new(control.clone()), place)?;
+            a.balloon = Some(control);
+            a
+        }
         DeviceSpec::Vsock { .. } | DeviceSpec::Fs { .. } => {
             return Err(device(
                 "this device has no host side to open on its own".into(),

@@ -165,7 +165,11 @@ impl Vmm {
         };
         let mut devices = Vec::with_capacity(vm.devices.len());
         for saved in &vm.devices {
-            devices.push(attach_host_device(&mut registrar, &saved.place)?);
+            devices.push(attach_host_device(
+                &mut registrar,
+                &saved.place,
+                vm.mem_size,
+            )?);
         }
         let supported = base.supported()?;
         lock(&base.ioapic)

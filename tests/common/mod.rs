@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub use ember::kvm::HostFlavour;
 
+pub mod api;
+
 /// The ember binary under test.
 pub fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))

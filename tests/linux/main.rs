@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod balloon;
 mod command;
 mod debian;
 mod devices;

@@ -5,12 +5,17 @@
 //! - `PATCH /vm` with `{"state": "Paused"}` or `{"state": "Resumed"}`: 204;
 //! - `PUT /snapshot/create` with `{"snapshot_type": "Full", "snapshot_path", "mem_file_path"}`
 //!   (the VM paused): the state file and the memory file, 204; `ember run --restore
-//!   SNAPSHOT_PATH` continues it.
+//!   SNAPSHOT_PATH` continues it;
+//! - with `--balloon`: `GET /balloon` (`{"amount_mib", "deflate_on_oom", ...}`), `PATCH
+//!   /balloon` with `{"amount_mib": N}` (the guest is told at once; 204), and `GET
+//!   /balloon/statistics` (`target_mib`, `actual_mib` and their pages, and what went back to
+//!   the host through the balloon and through free page reports).
 //!
 //! Anything else gets 400 and `{"fault_message": ...}`, as from Firecracker. One client at a
 //! time, on a thread of its own under its own seccomp filter (it creates the snapshot's files;
 //! the event loop's thread writes them): it reaches the VM only through
-//! [`ember::vmm::VmHandle::ask`].
+//! [`ember::vmm::VmHandle::ask`], and the balloon through its control (a target and an
+//! interrupt).
 
 pub mod http;
 
@@ -18,6 +23,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ember::devices::virtio::balloon::BalloonControl;
 use ember::seccomp::{self, Role, Seccomp};
 use ember::signals::{STOP_SIGNALS, SignalsBlocked};
 use ember::snapshot::SnapshotFiles;
@@ -133,6 +139,27 @@ fn from_request_error(e: RequestError) -> Answer {
     }
 }
 
+/// `PATCH /balloon`'s body (Firecracker's `BalloonUpdate`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonUpdate {
+    amount_mib: u64,
+}
+
+/// `PATCH /balloon`: a new target, told to the guest at once.
+fn balloon_target(b: &BalloonControl, body: &[u8]) -> Answer {
+    match serde_json::from_slice::<BalloonUpdate>(body) {
+        Ok(u) => match b.set_target_mib(u.amount_mib) {
+            Ok(()) => (204, None),
+            Err(e) => fault(400, format!("PATCH /balloon: amount_mib: {e}")),
+        },
+        Err(e) => fault(
+            400,
+            format!("PATCH /balloon: {e}: send {{\"amount_mib\": N}}"),
+        ),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmState {
@@ -181,12 +208,43 @@ impl Server {
             ),
             ("PATCH", "/vm") => self.vm_state(&req.body),
             ("PUT", "/snapshot/create") => self.snapshot(&req.body),
+            ("GET", "/balloon") => self.balloon(|b| {
+                let s = b.status();
+                (
+                    200,
+                    Some(json!({
+                        "amount_mib": s.target_mib,
+                        "deflate_on_oom": s.deflate_on_oom,
+                        "free_page_reporting": s.free_page_reporting,
+                        "stats_polling_interval_s": 0,
+                    })),
+                )
+            }),
+            ("GET", "/balloon/statistics") => {
+                self.balloon(|b| (200, serde_json::to_value(b.status()).ok()))
+            }
+            ("PATCH", "/balloon") => {
+                let body = &req.body;
+                self.balloon(|b| balloon_target(b, body))
+            }
+            ("PUT", "/balloon") => fault(
+                400,
+                "PUT /balloon: ember adds the balloon when the VM starts (--balloon, or the config file's balloon section); PATCH /balloon changes its amount",
+            ),
             (m, p) => fault(
                 400,
                 format!(
-                    "Invalid request method and/or path: {m} {p} (ember serves GET /, PATCH /vm, PUT /snapshot/create)"
+                    "Invalid request method and/or path: {m} {p} (ember serves GET /, PATCH /vm, PUT /snapshot/create, GET and PATCH /balloon, GET /balloon/statistics)"
                 ),
             ),
+        }
+    }
+
+    /// `f` on the VM's balloon, or the fault of a VM without one.
+    fn balloon(&self, f: impl FnOnce(&BalloonControl) -> Answer) -> Answer {
+        match self.vm.balloon() {
+            Some(b) => f(b),
+            None => fault(400, "the VM has no balloon device: start it with --balloon"),
         }
     }
 

@@ -175,9 +175,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn activate(&mut self) {
+        let in_use = self.device.queues_in_use(self.acked_features);
         let usable = self
             .queues
             .iter()
+            .take(in_use)
             .all(|q| q.ready() && q.is_valid(&self.mem));
         if !usable {
             crate::guest_log!(
@@ -193,6 +195,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let queues = self
             .queues
             .iter()
+            .take(in_use)
             .filter_map(|q| Queue::try_from(q.state()).ok())
             .collect();
         self.device.activate(Active {
@@ -326,15 +329,19 @@ impl<D: VirtioDevice> SavedTransport for MmioTransport<D> {
         if let Some(why) = self.device.snapshot_refusal() {
             return Err(why);
         }
-        let progress = self.device.active_queues().filter(|_| self.active);
-        let queues = match progress {
-            Some(queues) => queues.iter().map(|q| QueueSnap::from(q.state())).collect(),
-            None => self
-                .queues
-                .iter()
-                .map(|q| QueueSnap::from(q.state()))
-                .collect(),
-        };
+        // The device's own progress on the queues it serves; the transport's registers for
+        // the others (those a driver without their feature left unready).
+        let progress = self
+            .device
+            .active_queues()
+            .filter(|_| self.active)
+            .unwrap_or(&[]);
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| QueueSnap::from(progress.get(i).unwrap_or(q).state()))
+            .collect();
         Ok(TransportState {
             status: self.status,
             device_features_sel: self.device_features_sel,
@@ -345,6 +352,7 @@ impl<D: VirtioDevice> SavedTransport for MmioTransport<D> {
             interrupt_status: self.interrupt.status(),
             needs_reset: self.interrupt.needs_reset(),
             queues,
+            device: self.device.save_state(),
         })
     }
 
@@ -374,6 +382,7 @@ impl<D: VirtioDevice> SavedTransport for MmioTransport<D> {
         self.driver_features_sel = state.driver_features_sel;
         self.acked_features = state.acked_features & self.offered();
         self.queue_sel = state.queue_sel;
+        self.device.restore_state(state.device.as_ref())?;
         self.interrupt
             .restore(state.interrupt_status, state.needs_reset);
         if state.active {

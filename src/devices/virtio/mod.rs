@@ -7,6 +7,7 @@
 //! notifications arrive as ioeventfds, its interrupts leave through an irqfd. The vCPU threads
 //! only touch the transport's registers.
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
@@ -176,6 +177,11 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// The most descriptors each of its queues may have, one entry per queue.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many of its queues a driver that accepted `features` sets up (the balloon's
+    /// reporting queue exists only with its feature); the rest may stay unready.
+    fn queues_in_use(&self, _features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// The features it offers.
     fn features(&self) -> u64;
     /// Reads its configuration space; bytes past its end read as zero.
@@ -209,6 +215,15 @@ pub trait VirtioDevice: Send {
     /// Why the device cannot be in a snapshot, if it cannot.
     fn snapshot_refusal(&self) -> Option<String> {
         None
+    }
+    /// The device's own state beyond its transport and queues (the balloon's target), for a
+    /// snapshot.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Takes back what [`VirtioDevice::save_state`] gave, from an untrusted file.
+    fn restore_state(&mut self, _state: Option<&serde_json::Value>) -> Result<(), String> {
+        Ok(())
     }
     /// What of the device a snapshot leaves out (host connections), said when it is taken.
     fn save_note(&self) -> Option<String> {

@@ -88,6 +88,9 @@ pub struct TransportState {
     pub needs_reset: bool,
     /// The queues, in the device's order: the device's own progress once active.
     pub queues: Vec<QueueSnap>,
+    /// The device's own state, if it has any beyond its queues (the balloon's target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
