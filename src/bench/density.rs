@@ -88,6 +88,77 @@ pub trait Instances {
     fn measured_pid(&self, i: usize, child: &Child) -> Option<u32>;
     /// Stops instance `i` and reaps what it left.
     fn stop(&self, i: usize, child: &mut Child);
+    /// What an instance prints once it is up; `None`: its first whole line.
+    fn ready_text(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// What the idle Linux guests print once their userspace is up.
+pub const LINUX_IDLE_LINE: &str = "ember-density-idle";
+
+/// ember booting (or restoring) a Linux guest whose userspace prints [`LINUX_IDLE_LINE`] and
+/// sleeps: `args` are `ember run`'s.
+pub struct EmberLinux {
+    /// The subject's name.
+    pub name: String,
+    /// The ember executable.
+    pub exe: PathBuf,
+    /// `ember run`'s arguments.
+    pub args: Vec<String>,
+}
+
+impl EmberLinux {
+    /// `ember run`'s arguments for a 128 MiB Linux guest (the kernel and anything else from
+    /// `run_args`) whose `--exec` program, busybox's shell, says the idle line and sleeps;
+    /// `extra` go before `--exec`.
+    pub fn boot_args(run_args: &[String], extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["run".to_string()];
+        args.extend(run_args.iter().cloned());
+        args.extend(
+            ["--mem-mib", "128", "--timeout", "0"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+        );
+        args.extend(
+            [
+                "--exec",
+                "/bin/busybox",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {LINUX_IDLE_LINE}; exec busybox sleep 100000000"),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
+    }
+}
+
+impl Instances for EmberLinux {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn start(&self, _i: usize) -> std::io::Result<Child> {
+        Command::new(&self.exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+    fn measured_pid(&self, _i: usize, child: &Child) -> Option<u32> {
+        Some(child.id())
+    }
+    fn stop(&self, _i: usize, child: &mut Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    fn ready_text(&self) -> Option<&str> {
+        Some(LINUX_IDLE_LINE)
+    }
 }
 
 /// ember booting the idle tiny guest.
@@ -181,11 +252,12 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// Waits until every child in `children` has printed a whole line (or `limit` passes);
-/// returns how many did, when the last one did, and their pipes (kept open until the
-/// instances are stopped: a closed pipe would end one that writes again).
+/// Waits until every child in `children` has printed a whole line, or `ready` if given (or
+/// `limit` passes); returns how many did, when the last one did, and their pipes (kept open
+/// until the instances are stopped: a closed pipe would end one that writes again).
 fn wait_for_lines(
     children: &mut [Child],
+    ready: Option<&str>,
     start: Instant,
     limit: Duration,
 ) -> (usize, Duration, Vec<Option<std::process::ChildStdout>>) {
@@ -200,6 +272,8 @@ fn wait_for_lines(
         }
     }
     let mut done = vec![false; pipes.len()];
+    // What each has printed so far, when waiting for a text (a boot log comes first).
+    let mut seen = vec![Vec::new(); pipes.len()];
     let mut up = 0;
     let mut last = Duration::ZERO;
     let mut buf = [0u8; 512];
@@ -217,18 +291,31 @@ fn wait_for_lines(
             .collect();
         // SAFETY: fds is a live array of pollfd of the length given.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        for (slot, done) in pipes.iter_mut().zip(done.iter_mut()) {
+        for ((slot, done), seen) in pipes.iter_mut().zip(done.iter_mut()).zip(&mut seen) {
             let Some(p) = slot.as_mut().filter(|_| !*done) else {
                 continue;
             };
             match p.read(&mut buf) {
-                Ok(n) if n > 0 && buf[..n].contains(&b'\n') => {
-                    up += 1;
-                    last = start.elapsed();
-                    *done = true;
-                }
                 Ok(0) => *slot = None, // it ended without a line
-                _ => {}
+                Ok(n) => {
+                    let is_up = match ready {
+                        None => buf[..n].contains(&b'\n'),
+                        Some(text) => {
+                            seen.extend_from_slice(&buf[..n]);
+                            let found = seen.windows(text.len()).any(|w| w == text.as_bytes());
+                            // Only the tail can still hold the start of it.
+                            let keep = seen.len().saturating_sub(text.len());
+                            seen.drain(..keep);
+                            found
+                        }
+                    };
+                    if is_up {
+                        up += 1;
+                        last = start.elapsed();
+                        *done = true;
+                    }
+                }
+                Err(_) => {}
             }
         }
     }
@@ -258,7 +345,7 @@ pub fn measure(subject: &dyn Instances, n: usize) -> std::io::Result<DensityResu
     for i in 0..n {
         children.push(subject.start(i)?);
     }
-    let (up, all_up, pipes) = wait_for_lines(&mut children, start, UP_LIMIT);
+    let (up, all_up, pipes) = wait_for_lines(&mut children, subject.ready_text(), start, UP_LIMIT);
     std::thread::sleep(SETTLE);
     let after = MemInfo::read()?;
     let pss: Vec<u64> = children
@@ -289,11 +376,11 @@ pub fn measure(subject: &dyn Instances, n: usize) -> std::io::Result<DensityResu
 /// The results as a table, MiB and KiB as the figures are given.
 pub fn table(results: &[DensityResult]) -> String {
     let mut out = String::from(
-        "subject      N     up | host MiB each | process PSS KiB each | kernel KiB each | all up after\n",
+        "subject                  N     up | host MiB each | process PSS KiB each | kernel KiB each | all up after\n",
     );
     for r in results {
         out.push_str(&format!(
-            "{:<10} {:>5} {:>6} | {:>13.2} | {:>20.0} | {:>15.0} | {:>10.2} s\n",
+            "{:<20} {:>5} {:>6} | {:>13.2} | {:>20.0} | {:>15.0} | {:>10.2} s\n",
             r.subject,
             r.n,
             r.up,
@@ -339,7 +426,7 @@ mod tests {
         };
         let t = table(&[r]);
         assert!(
-            t.contains("ember         10     10 |          1.00 |"),
+            t.contains("ember                   10     10 |          1.00 |"),
             "{t}"
         );
     }

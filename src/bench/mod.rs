@@ -78,6 +78,10 @@ pub struct BenchConfig {
     /// (`--snapshot-on-ready`), and an `ember restore` subject continues it, beside the cold
     /// boot; peers may restore it too (`{snapshot}` in their command).
     pub restore: bool,
+    /// Density of Linux guests instead of the idle tiny guest: the kernel `run_args` name
+    /// (or the default), booted plain, booted with a balloon, and restored from one snapshot
+    /// with a balloon.
+    pub density_linux: bool,
 }
 
 impl BenchConfig {
@@ -134,8 +138,15 @@ fn uname_release() -> String {
         .unwrap_or_default()
 }
 
-/// What a density run found: the results, and the subjects skipped with why.
-pub type DensityRun = (Vec<density::DensityResult>, Vec<(String, String)>);
+/// What a density run found.
+pub struct DensityRun {
+    /// The results, subject by subject, count by count.
+    pub results: Vec<density::DensityResult>,
+    /// The subjects skipped, with why.
+    pub skipped: Vec<(String, String)>,
+    /// What the figures leave out (the shared snapshot file of restored subjects).
+    pub notes: Vec<String>,
+}
 
 /// `ember bench --density N,...`: each subject (ember's idle tiny guest; crun's idle
 /// container, when `crun` is among the baselines and installed) at each count, one after the
@@ -156,10 +167,16 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
     };
     density::raise_fd_limit();
     let exe = std::env::current_exe().map_err(BenchError::Exe)?;
-    let guest = out.join("idle-guest");
-    std::fs::write(&guest, crate::IDLE_GUEST).map_err(out_err)?;
-    let mut subjects: Vec<Box<dyn density::Instances>> =
-        vec![Box::new(density::EmberIdle { exe, guest })];
+    let mut notes = Vec::new();
+    let mut subjects: Vec<Box<dyn density::Instances>> = if cfg.density_linux {
+        let (subjects, note) = linux_density_subjects(&exe, &cfg.run_args, &out)?;
+        notes.push(note);
+        subjects
+    } else {
+        let guest = out.join("idle-guest");
+        std::fs::write(&guest, crate::IDLE_GUEST).map_err(out_err)?;
+        vec![Box::new(density::EmberIdle { exe, guest })]
+    };
     let mut skipped = Vec::new();
     if cfg.baselines.iter().any(|b| b == "crun") {
         let rootfs = subjects::make_rootfs(&out).map_err(out_err)?;
@@ -175,7 +192,7 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
     for &n in counts {
         for s in &subjects {
             let r = density::measure(s.as_ref(), n).map_err(out_err)?;
-            if r.up < n && s.name() == "ember" {
+            if r.up < n && s.name().starts_with("ember") {
                 return Err(BenchError::Ember(format!(
                     "only {} of {n} idle VMs printed their line",
                     r.up
@@ -189,6 +206,7 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
         "host": { "flavour": HostFlavour::detect().name(), "cpu": cpu_model() },
         "results": results,
         "skipped": skipped,
+        "notes": notes,
     });
     std::fs::write(out.join("density.json"), json.to_string()).map_err(out_err)?;
     let mut csv =
@@ -200,7 +218,96 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
         ));
     }
     std::fs::write(out.join("density.csv"), csv).map_err(out_err)?;
-    Ok((results, skipped))
+    Ok(DensityRun {
+        results,
+        skipped,
+        notes,
+    })
+}
+
+/// The Linux density subjects: a plain boot, a boot with a balloon (free page reporting), and
+/// restores of one snapshot taken (with the balloon) where ember's init says ready, before
+/// the idle program starts, so each restore runs it afresh. With them, a note of what the
+/// snapshot's memory file holds: its pages are shared by every restore, and were on the host
+/// before the first one started, so no instance's figure has them.
+fn linux_density_subjects(
+    exe: &Path,
+    run_args: &[String],
+    out: &Path,
+) -> Result<(Vec<Box<dyn density::Instances>>, String), BenchError> {
+    use density::EmberLinux;
+    let snapshot = out.join("density-snapshot");
+    let _ = std::fs::remove_dir_all(&snapshot);
+    let snapshot_text = snapshot.display().to_string();
+    let take = EmberLinux::boot_args(
+        run_args,
+        &["--balloon", "--snapshot-on-ready", &snapshot_text],
+    );
+    let mut child = std::process::Command::new(exe)
+        .args(&take)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(BenchError::Exe)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(BenchError::Exe)? {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::Ember(
+                "the Linux guest did not reach ready within 600 s for its snapshot".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if !status.success() {
+        return Err(BenchError::Ember(format!(
+            "snapshotting the Linux guest ({}) failed: {status}",
+            take.join(" ")
+        )));
+    }
+    let linux = |name: &str, args: Vec<String>| -> Box<dyn density::Instances> {
+        Box::new(EmberLinux {
+            name: name.into(),
+            exe: exe.to_path_buf(),
+            args,
+        })
+    };
+    let held = std::fs::metadata(snapshot.join("memory"))
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "{:.1} MiB allocated of {:.0} MiB",
+                (m.blocks() * 512) as f64 / 1048576.0,
+                m.len() as f64 / 1048576.0
+            )
+        })
+        .unwrap_or_else(|e| format!("unreadable ({e})"));
+    let note = format!(
+        "ember linux restored: every restore maps {}/memory copy-on-write ({held}), once for all of them and not in their figures",
+        snapshot.display()
+    );
+    let subjects = vec![
+        linux("ember linux", EmberLinux::boot_args(run_args, &[])),
+        linux(
+            "ember linux balloon",
+            EmberLinux::boot_args(run_args, &["--balloon"]),
+        ),
+        linux(
+            "ember linux restored",
+            vec![
+                "run".into(),
+                "--restore".into(),
+                snapshot_text,
+                "--timeout".into(),
+                "0".into(),
+            ],
+        ),
+    ];
+    Ok((subjects, note))
 }
 
 /// Runs the benchmark and writes its outputs; the caller prints the table.
@@ -463,6 +570,7 @@ mod tests {
             out: std::env::temp_dir().join(format!("ember-bench-unit-{}", std::process::id())),
             run_args: vec![],
             restore: false,
+            density_linux: false,
         }
     }
 

@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// given (comma-separated): host memory, PSS and kernel memory each (docs/density.md).
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     density: Vec<usize>,
+    /// With --density: Linux guests (the kernel named after `--`, or the default), 128 MiB,
+    /// busybox sleeping as the idle program: booted plain, booted with --balloon, and
+    /// restored from one snapshot; run it in the hardware tier.
+    #[arg(long, requires = "density")]
+    density_linux: bool,
     /// Where results.json, results.csv and plot.svg go.
     #[arg(long, value_name = "DIR", default_value = "ember-bench")]
     out: PathBuf,
@@ -119,6 +124,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
         out: args.out,
         run_args: args.run_args,
         restore: args.restore,
+        density_linux: args.density_linux,
     };
     let bench_failure = |e: BenchError| Failure {
         code: match e {
@@ -128,14 +134,16 @@ pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
         message: e.to_string(),
     };
     if !args.density.is_empty() {
-        let (results, skipped) =
-            ember::bench::run_density(&cfg, &args.density).map_err(|e| match e {
-                BenchError::NoRuns => Failure::bad_input("--density: give counts of 1 or more"),
-                e => bench_failure(e),
-            })?;
-        let mut text = ember::bench::density::table(&results);
-        for (name, why) in skipped {
+        let run = ember::bench::run_density(&cfg, &args.density).map_err(|e| match e {
+            BenchError::NoRuns => Failure::bad_input("--density: give counts of 1 or more"),
+            e => bench_failure(e),
+        })?;
+        let mut text = ember::bench::density::table(&run.results);
+        for (name, why) in run.skipped {
             text.push_str(&format!("{name}: skipped: {why}\n"));
+        }
+        for note in run.notes {
+            text.push_str(&format!("{note}\n"));
         }
         text.push_str(&format!(
             "results: {}/density.json, density.csv\n",

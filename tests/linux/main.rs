@@ -13,6 +13,7 @@ mod common;
 mod balloon;
 mod command;
 mod debian;
+mod density;
 mod devices;
 mod exec;
 mod project_kernel;
