@@ -171,7 +171,7 @@ pub const COMMON_SYSCALLS: &[Allowed] = &[
     (
         libc::SYS_madvise,
         "madvise",
-        "thread exit (glibc returns the stack)",
+        "thread exit (glibc returns the stack); the balloon giving guest pages back (MADV_DONTNEED)",
     ),
     (libc::SYS_mmap, "mmap", "allocations (an error message)"),
     (libc::SYS_mremap, "mremap", "allocations"),

@@ -188,7 +188,14 @@ fn a_density_run_measures_idle_vms_and_stops_them() {
             "{v}"
         );
         assert!(row["pss_kib_each"].as_f64().unwrap() > 0.0, "{v}");
+        // Host CPU per start (0 is possible: /proc/stat counts in 10 ms ticks).
+        assert!(row["cpu_ms_each"].as_f64().unwrap() >= 0.0, "{v}");
     }
+    assert!(
+        std::fs::read_to_string(out.join("density.svg"))
+            .unwrap()
+            .contains("<svg")
+    );
     assert!(
         std::fs::read_to_string(out.join("density.csv"))
             .unwrap()

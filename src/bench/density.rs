@@ -75,6 +75,34 @@ pub struct DensityResult {
     pub pss_kib_each: f64,
     /// The kernel's growth (Slab + PageTables + KernelStack) over N, KiB.
     pub kernel_kib_each: f64,
+    /// Host CPU time from the first start until the last line, over N, milliseconds: every
+    /// CPU's busy time (`/proc/stat`), so it holds what the instances, the kernel and the
+    /// benchmark's own polling spent.
+    pub cpu_ms_each: f64,
+}
+
+/// Every CPU's busy time so far (user, nice, system, irq, softirq, steal), in clock ticks.
+fn cpu_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse::<u64>().ok())
+                .enumerate()
+                // idle (3) and iowait (4) are not busy; guest time (8, 9) is in user already.
+                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+                .map(|(_, v)| v)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Milliseconds in `ticks` of `/proc/stat`.
+fn ticks_ms(ticks: u64) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 * 1000.0 / hz as f64
 }
 
 /// How to start one instance of a subject and find its process.
@@ -340,12 +368,14 @@ pub fn raise_fd_limit() {
 /// Measures `subject` at `n` instances.
 pub fn measure(subject: &dyn Instances, n: usize) -> std::io::Result<DensityResult> {
     let before = MemInfo::read()?;
+    let busy_before = cpu_busy_ticks();
     let start = Instant::now();
     let mut children = Vec::with_capacity(n);
     for i in 0..n {
         children.push(subject.start(i)?);
     }
     let (up, all_up, pipes) = wait_for_lines(&mut children, subject.ready_text(), start, UP_LIMIT);
+    let busy = cpu_busy_ticks().saturating_sub(busy_before);
     std::thread::sleep(SETTLE);
     let after = MemInfo::read()?;
     let pss: Vec<u64> = children
@@ -370,28 +400,89 @@ pub fn measure(subject: &dyn Instances, n: usize) -> std::io::Result<DensityResu
             pss.iter().sum::<u64>() as f64 / pss.len() as f64
         },
         kernel_kib_each: each(after.kernel as i64 - before.kernel as i64),
+        cpu_ms_each: ticks_ms(busy) / n.max(1) as f64,
     })
 }
 
 /// The results as a table, MiB and KiB as the figures are given.
 pub fn table(results: &[DensityResult]) -> String {
     let mut out = String::from(
-        "subject                  N     up | host MiB each | process PSS KiB each | kernel KiB each | all up after\n",
+        "subject                  N     up | host MiB each | process PSS KiB each | kernel KiB each | all up after | starts/s | host CPU ms each\n",
     );
     for r in results {
         out.push_str(&format!(
-            "{:<20} {:>5} {:>6} | {:>13.2} | {:>20.0} | {:>15.0} | {:>10.2} s\n",
+            "{:<20} {:>5} {:>6} | {:>13.2} | {:>20.0} | {:>15.0} | {:>10.2} s | {:>8.0} | {:>16.2}\n",
             r.subject,
             r.n,
             r.up,
             r.host_kib_each / 1024.0,
             r.pss_kib_each,
             r.kernel_kib_each,
-            r.all_up_s
+            r.all_up_s,
+            if r.all_up_s > 0.0 { r.up as f64 / r.all_up_s } else { 0.0 },
+            r.cpu_ms_each
         ));
     }
-    out.push_str("host MiB each = the drop in MemAvailable over N; PSS = each measured process's own (ember: its process; crun: the container's process); kernel = Slab + PageTables + KernelStack growth over N\n");
+    out.push_str("host MiB each = the drop in MemAvailable over N; PSS = each measured process's own (ember: its process; crun: the container's process); kernel = Slab + PageTables + KernelStack growth over N; host CPU = every CPU's busy time until the last line, over N\n");
     out
+}
+
+/// Host memory each against N, one line per subject (log scale in N), into `path` (SVG).
+pub fn plot(results: &[DensityResult], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let mut subjects: Vec<&str> = Vec::new();
+    for r in results {
+        if !subjects.contains(&r.subject.as_str()) {
+            subjects.push(&r.subject);
+        }
+    }
+    let mib = |r: &DensityResult| (r.host_kib_each / 1024.0).max(0.0);
+    let max_n = results.iter().map(|r| r.n).max().unwrap_or(1) as f64;
+    let min_n = results.iter().map(|r| r.n).min().unwrap_or(1) as f64;
+    let top = results.iter().map(mib).fold(0.0, f64::max).max(0.1) * 1.2;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Host memory per idle instance against the number running",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(((min_n * 0.8).max(1.0)..max_n * 1.25).log_scale(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("instances running at once (log scale)")
+        .y_desc("MiB each (MemAvailable drop / N)")
+        .draw()?;
+    for (i, name) in subjects.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = results
+            .iter()
+            .filter(|r| r.subject == *name)
+            .map(|r| (r.n as f64, mib(r)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,8 +514,13 @@ mod tests {
             host_kib_each: 1024.0,
             pss_kib_each: 260.0,
             kernel_kib_each: 380.0,
+            cpu_ms_each: 2.5,
         };
-        let t = table(&[r]);
+        let t = table(std::slice::from_ref(&r));
+        let svg = std::env::temp_dir().join(format!("ember-density-{}.svg", std::process::id()));
+        plot(&[r], &svg).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+        let _ = std::fs::remove_file(svg);
         assert!(
             t.contains("ember                   10     10 |          1.00 |"),
             "{t}"

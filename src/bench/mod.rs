@@ -209,15 +209,25 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
         "notes": notes,
     });
     std::fs::write(out.join("density.json"), json.to_string()).map_err(out_err)?;
-    let mut csv =
-        String::from("subject,n,up,all_up_s,host_kib_each,pss_kib_each,kernel_kib_each\n");
+    let mut csv = String::from(
+        "subject,n,up,all_up_s,host_kib_each,pss_kib_each,kernel_kib_each,cpu_ms_each\n",
+    );
     for r in &results {
         csv.push_str(&format!(
-            "{},{},{},{:.3},{:.1},{:.1},{:.1}\n",
-            r.subject, r.n, r.up, r.all_up_s, r.host_kib_each, r.pss_kib_each, r.kernel_kib_each
+            "{},{},{},{:.3},{:.1},{:.1},{:.1},{:.2}\n",
+            r.subject,
+            r.n,
+            r.up,
+            r.all_up_s,
+            r.host_kib_each,
+            r.pss_kib_each,
+            r.kernel_kib_each,
+            r.cpu_ms_each
         ));
     }
     std::fs::write(out.join("density.csv"), csv).map_err(out_err)?;
+    density::plot(&results, &out.join("density.svg"))
+        .map_err(|e| out_err(std::io::Error::other(format!("density.svg: {e}"))))?;
     Ok(DensityRun {
         results,
         skipped,

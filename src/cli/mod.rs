@@ -146,7 +146,7 @@ pub fn bench(args: BenchArgs) -> Result<u8, Failure> {
             text.push_str(&format!("{note}\n"));
         }
         text.push_str(&format!(
-            "results: {}/density.json, density.csv\n",
+            "results: {}/density.json, density.csv, density.svg\n",
             cfg.out.display()
         ));
         let _ = std::io::stdout().write_all(text.as_bytes());

@@ -1,5 +1,5 @@
 //! virtio devices on the virtio-mmio transport (version 2): the transport ([`mmio`]), and the
-//! block, network and vsock devices behind it. The split virtqueues are virtio-queue's; each
+//! block, network, vsock, balloon and fs devices behind it. The split virtqueues are virtio-queue's; each
 //! device walks its descriptor chains through that crate, so a descriptor loop or an address
 //! outside guest memory ends a chain (or fails a request), never the VMM.
 //!
