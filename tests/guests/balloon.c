@@ -3,8 +3,9 @@
       pages (the host discarded them);
    2. hostile reports: a range outside RAM, one off page boundaries, one far too long; each is
       handed back, and the page next to the unaligned range keeps its contents;
-   3. inflate: it puts num_pages (the host's target) frames on the inflate queue, with one
-      frame outside RAM among them, checks they read back as zero, and sets `actual`;
+   3. inflate: it puts num_pages (the host's target) frames on the inflate queue, with a
+      frame outside RAM and a list too long after them, checks they read back as zero, and
+      sets `actual`;
    4. it waits (bounded) for the host to change the target to 0 (`PATCH /balloon`), checks
       the configuration interrupt was raised, deflates, and sets `actual` to 0.
    Lines the test looks for: "report: ...", "inflate: ...", "deflate: ...", "balloon: all ok". */
@@ -147,8 +148,12 @@ static void inflate(void) {
     fill(BALLOONED, MIB, 0xcc);
     u32 *pfns = (u32 *)PFN_LIST;
     for (u32 i = 0; i < 256; i++) pfns[i] = (u32)(BALLOONED >> 12) + i;
-    pfns[256] = 0xfffffff0u; /* outside RAM: skipped, never fatal */
-    qs[INFLATE].desc[0] = (struct desc){PFN_LIST, 257 * 4, 0, 0};
+    /* A second list: a frame outside RAM (skipped, never fatal), and a third longer than
+       Linux's 256 (refused whole). */
+    pfns[256] = 0xfffffff0u;
+    qs[INFLATE].desc[0] = (struct desc){PFN_LIST, 256 * 4, F_NEXT, 1};
+    qs[INFLATE].desc[1] = (struct desc){PFN_LIST + 256 * 4, 4, F_NEXT, 2};
+    qs[INFLATE].desc[2] = (struct desc){PFN_LIST, 512 * 4, 0, 0};
     if (submit(INFLATE)) fail("the inflate list did not come back");
     u64 z = zero_pages(BALLOONED, MIB);
     R(base, CONFIG + 4) = 256; /* actual */
@@ -160,7 +165,7 @@ static void inflate(void) {
 
 static void deflate(void) {
     /* The host changes the target (the test's PATCH /balloon): a configuration interrupt. */
-    u64 deadline = rdtsc() + 60000000000ULL;
+    u64 deadline = rdtsc() + 300000000000ULL; /* minutes: the test's own limits end it sooner */
     while (config(0) != 0)
         if (rdtsc() > deadline) {
             fail("the target never changed to 0");

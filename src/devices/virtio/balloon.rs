@@ -42,8 +42,14 @@ const QUEUE_SIZE: u16 = 256;
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
 const REPORTING: usize = 2;
-/// Frame numbers read from the guest per step.
-const PFNS_PER_READ: usize = 1024;
+/// The most frame numbers one inflate descriptor may list: Linux's own batch
+/// (VIRTIO_BALLOON_ARRAY_PFNS_MAX). A longer list is refused whole, so a chain costs at most
+/// 256 x 256 discards.
+const PFNS_PER_DESC: usize = 256;
+/// Chains served per notification; if the driver made more available, the device notifies
+/// itself and serves them on a later turn of the event loop, so a guest that floods its
+/// balloon cannot hold up the loop (Linux has one chain in flight per queue).
+const CHAINS_PER_TURN: usize = 4;
 
 /// The host's side of a balloon, shared with the front end (the control socket): the target
 /// it asks for, what the guest says it holds, and what came back.
@@ -158,6 +164,11 @@ fn pages_of_mib(mib: u64) -> u32 {
 struct Saved {
     target_pages: u32,
     actual_pages: u32,
+    /// What went back to the host so far, so the statistics go on counting.
+    #[serde(default)]
+    inflated_bytes: u64,
+    #[serde(default)]
+    reported_bytes: u64,
 }
 
 /// A virtio-balloon device.
@@ -173,7 +184,7 @@ impl Balloon {
         Self {
             control,
             active: None,
-            pfns: vec![0; PFNS_PER_READ * 4],
+            pfns: vec![0; PFNS_PER_DESC * 4],
         }
     }
 
@@ -191,12 +202,26 @@ impl Balloon {
 
     fn serve_queue(&mut self, active: &mut Active, q: usize) -> Served {
         let Active {
-            mem, queues, log, ..
+            mem,
+            queues,
+            log,
+            queue_evts,
+            ..
         } = active;
         let Some(queue) = queues.get_mut(q) else {
             return Ok(());
         };
-        while let Some(chain) = pop_chain(queue, mem, q)? {
+        for turn in 0.. {
+            if turn == CHAINS_PER_TURN {
+                if let Some(e) = queue_evts.get(q) {
+                    // Fails only when the counter is full: the loop comes back anyway.
+                    let _ = e.write(1);
+                }
+                break;
+            }
+            let Some(chain) = pop_chain(queue, mem, q)? else {
+                break;
+            };
             let head = chain.head_index();
             let mut skipped = 0u64;
             for desc in chain {
@@ -228,47 +253,46 @@ impl Balloon {
         Ok(())
     }
 
-    /// Discards the 4 KiB frames listed in `len` bytes at `addr`; returns how many entries
-    /// could not be (outside RAM, or the list itself unreadable).
+    /// Discards the 4 KiB frames listed in `len` bytes at `addr` (at most [`PFNS_PER_DESC`]
+    /// of them); returns how many entries could not be (outside RAM), or 1 for a list that is
+    /// too long or unreadable (then none is discarded).
     fn inflate(&mut self, mem: &GuestMemoryMmap, addr: u64, len: u64) -> u64 {
+        let n = (len / 4) as usize;
+        if n > PFNS_PER_DESC {
+            return 1;
+        }
+        let buf = &mut self.pfns[..n * 4];
+        if mem.read_slice(buf, GuestAddress(addr)).is_err() {
+            return 1;
+        }
         let mut skipped = 0;
-        let mut done = 0u64;
+        let mut give_back = |start: u64, pages: u64| match discard(mem, start * PAGE, pages * PAGE)
+        {
+            Some(bytes) => {
+                self.control
+                    .inflated_bytes
+                    .fetch_add(bytes, Ordering::SeqCst);
+            }
+            None => skipped += pages,
+        };
         // Contiguous frames go back in one call.
         let mut run: Option<(u64, u64)> = None;
-        let flush = |run: &mut Option<(u64, u64)>, skipped: &mut u64| {
-            if let Some((start, pages)) = run.take() {
-                match discard(mem, start * PAGE, pages * PAGE) {
-                    Some(n) => {
-                        self.control.inflated_bytes.fetch_add(n, Ordering::SeqCst);
-                    }
-                    None => *skipped += pages,
+        for pfn in buf
+            .chunks_exact(4)
+            .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        {
+            run = match run {
+                Some((start, pages)) if start + pages == pfn => Some((start, pages + 1)),
+                Some((start, pages)) => {
+                    give_back(start, pages);
+                    Some((pfn, 1))
                 }
-            }
-        };
-        while done + 4 <= len {
-            let n = ((len - done) / 4).min(PFNS_PER_READ as u64) as usize;
-            let buf = &mut self.pfns[..n * 4];
-            let Some(at) = addr.checked_add(done) else {
-                return skipped + 1;
+                None => Some((pfn, 1)),
             };
-            if mem.read_slice(buf, GuestAddress(at)).is_err() {
-                return skipped + 1;
-            }
-            for pfn in buf
-                .chunks_exact(4)
-                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            {
-                run = match run {
-                    Some((start, pages)) if start + pages == pfn => Some((start, pages + 1)),
-                    _ => {
-                        flush(&mut run, &mut skipped);
-                        Some((pfn, 1))
-                    }
-                };
-            }
-            done += n as u64 * 4;
         }
-        flush(&mut run, &mut skipped);
+        if let Some((start, pages)) = run {
+            give_back(start, pages);
+        }
         skipped
     }
 }
@@ -357,6 +381,8 @@ impl VirtioDevice for Balloon {
         serde_json::to_value(Saved {
             target_pages: self.control.target_pages.load(Ordering::SeqCst),
             actual_pages: self.control.actual_pages.load(Ordering::SeqCst),
+            inflated_bytes: self.control.inflated_bytes.load(Ordering::SeqCst),
+            reported_bytes: self.control.reported_bytes.load(Ordering::SeqCst),
         })
         .ok()
     }
@@ -369,7 +395,11 @@ impl VirtioDevice for Balloon {
             .map_err(|e| format!("its balloon state is not one ember reads ({e})"))?
             .ok_or("it has no balloon state")?;
         if u64::from(saved.target_pages) * PAGE >= self.control.mem_size {
-            return Err("its balloon target is not less than the guest's memory".into());
+            return Err(format!(
+                "its balloon target of {} pages is not less than the guest's {} MiB",
+                saved.target_pages,
+                self.control.mem_size >> 20
+            ));
         }
         self.control
             .target_pages
@@ -377,6 +407,12 @@ impl VirtioDevice for Balloon {
         self.control
             .actual_pages
             .store(saved.actual_pages, Ordering::SeqCst);
+        self.control
+            .inflated_bytes
+            .store(saved.inflated_bytes, Ordering::SeqCst);
+        self.control
+            .reported_bytes
+            .store(saved.reported_bytes, Ordering::SeqCst);
         Ok(())
     }
 
@@ -450,8 +486,14 @@ mod tests {
             (0, 0, 0xaa, 0)
         );
         assert_eq!(c.inflated_bytes.load(Ordering::SeqCst), 3 * PAGE);
-        // A list outside RAM.
+        // A list outside RAM, and one longer than Linux ever sends (nothing of it is taken).
         assert_eq!(b.inflate(&mem, 0xfff_ffff0, 16), 1);
+        mem.write_slice(&[0xaa; 4096], GuestAddress(0x12000))
+            .unwrap();
+        let long: Vec<u8> = (0..257u32).flat_map(|_| 0x12u32.to_le_bytes()).collect();
+        mem.write_slice(&long, GuestAddress(0x2000)).unwrap();
+        assert_eq!(b.inflate(&mem, 0x2000, 257 * 4), 1);
+        assert_eq!(byte(0x12000), 0xaa);
     }
 
     #[test]

@@ -245,8 +245,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             // the spec says with all ones. A zero length would read as a region at address 0,
             // which a virtio-fs driver with DAX then tries to map.
             0xb0..=0xbc => u32::MAX,
-            // Configuration generation: ember's configuration spaces never change under the
-            // driver.
+            // Configuration generation: only the balloon's changes under the driver (its
+            // target), a single 32-bit field that a read sees whole, so 0 always.
             0xfc => 0,
             _ => 0,
         }
