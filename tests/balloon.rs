@@ -156,11 +156,7 @@ fn a_snapshot_keeps_the_balloon_target_and_the_restored_guest_deflates() {
         "60s",
     ]);
     let rx = collect(child.stdout.take().unwrap());
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_socket(&sock, LIMIT);
     let (code, body) = http(&sock, "GET", "/balloon/statistics", "");
     assert_eq!(code, 200, "{body}");
     let s = json(&body);
@@ -226,11 +222,7 @@ fn bad_balloon_input_is_refused_in_one_line() {
     let rx = collect(child.stdout.take().unwrap());
     let mut seen = String::new();
     wait_for(&rx, &mut seen, "\n", LIMIT);
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_socket(&sock, LIMIT);
     let (code, body) = http(&sock, "PATCH", "/balloon", r#"{"amount_mib": 1}"#);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("start it with --balloon"), "{body}");

@@ -125,22 +125,48 @@ pub trait Instances {
 /// What the idle Linux guests print once their userspace is up.
 pub const LINUX_IDLE_LINE: &str = "ember-density-idle";
 
-/// ember booting (or restoring) a Linux guest whose userspace prints [`LINUX_IDLE_LINE`] and
-/// sleeps: `args` are `ember run`'s.
-pub struct EmberLinux {
+/// ember instances, each `ember ARGS`: the idle tiny guest, or a Linux guest booted or
+/// restored.
+pub struct EmberVms {
     /// The subject's name.
     pub name: String,
     /// The ember executable.
     pub exe: PathBuf,
-    /// `ember run`'s arguments.
+    /// Its arguments.
     pub args: Vec<String>,
+    /// What an instance prints once it is up; `None`: its first line.
+    pub ready: Option<&'static str>,
 }
 
-impl EmberLinux {
+impl EmberVms {
+    /// The idle tiny guest at `guest`: one line, then halted.
+    pub fn tiny(exe: PathBuf, guest: &Path) -> Self {
+        let guest = guest.display().to_string();
+        Self {
+            name: "ember".into(),
+            exe,
+            args: ["run", "--kernel", &guest, "--no-initrd", "--timeout", "0"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ready: None,
+        }
+    }
+
+    /// A Linux subject running `ember ARGS`, up once it prints [`LINUX_IDLE_LINE`].
+    pub fn linux(name: &str, exe: &Path, args: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            exe: exe.to_path_buf(),
+            args,
+            ready: Some(LINUX_IDLE_LINE),
+        }
+    }
+
     /// `ember run`'s arguments for a 128 MiB Linux guest (the kernel and anything else from
     /// `run_args`) whose `--exec` program, busybox's shell, says the idle line and sleeps;
     /// `extra` go before `--exec`.
-    pub fn boot_args(run_args: &[String], extra: &[&str]) -> Vec<String> {
+    pub fn linux_boot_args(run_args: &[String], extra: &[&str]) -> Vec<String> {
         let mut args = vec!["run".to_string()];
         args.extend(run_args.iter().cloned());
         args.extend(
@@ -165,7 +191,7 @@ impl EmberLinux {
     }
 }
 
-impl Instances for EmberLinux {
+impl Instances for EmberVms {
     fn name(&self) -> &str {
         &self.name
     }
@@ -185,39 +211,7 @@ impl Instances for EmberLinux {
         let _ = child.wait();
     }
     fn ready_text(&self) -> Option<&str> {
-        Some(LINUX_IDLE_LINE)
-    }
-}
-
-/// ember booting the idle tiny guest.
-pub struct EmberIdle {
-    /// The ember executable.
-    pub exe: PathBuf,
-    /// The idle guest's image.
-    pub guest: PathBuf,
-}
-
-impl Instances for EmberIdle {
-    fn name(&self) -> &str {
-        "ember"
-    }
-    fn start(&self, _i: usize) -> std::io::Result<Child> {
-        Command::new(&self.exe)
-            .arg("run")
-            .arg("--kernel")
-            .arg(&self.guest)
-            .args(["--no-initrd", "--timeout", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-    }
-    fn measured_pid(&self, _i: usize, child: &Child) -> Option<u32> {
-        Some(child.id())
-    }
-    fn stop(&self, _i: usize, child: &mut Child) {
-        let _ = child.kill();
-        let _ = child.wait();
+        self.ready
     }
 }
 

@@ -175,7 +175,7 @@ pub fn run_density(cfg: &BenchConfig, counts: &[usize]) -> Result<DensityRun, Be
     } else {
         let guest = out.join("idle-guest");
         std::fs::write(&guest, crate::IDLE_GUEST).map_err(out_err)?;
-        vec![Box::new(density::EmberIdle { exe, guest })]
+        vec![Box::new(density::EmberVms::tiny(exe, &guest))]
     };
     let mut skipped = Vec::new();
     if cfg.baselines.iter().any(|b| b == "crun") {
@@ -245,11 +245,11 @@ fn linux_density_subjects(
     run_args: &[String],
     out: &Path,
 ) -> Result<(Vec<Box<dyn density::Instances>>, String), BenchError> {
-    use density::EmberLinux;
+    use density::EmberVms;
     let snapshot = out.join("density-snapshot");
     let _ = std::fs::remove_dir_all(&snapshot);
     let snapshot_text = snapshot.display().to_string();
-    let take = EmberLinux::boot_args(
+    let take = EmberVms::linux_boot_args(
         run_args,
         &["--balloon", "--snapshot-on-ready", &snapshot_text],
     );
@@ -280,11 +280,7 @@ fn linux_density_subjects(
         )));
     }
     let linux = |name: &str, args: Vec<String>| -> Box<dyn density::Instances> {
-        Box::new(EmberLinux {
-            name: name.into(),
-            exe: exe.to_path_buf(),
-            args,
-        })
+        Box::new(EmberVms::linux(name, exe, args))
     };
     let held = std::fs::metadata(snapshot.join("memory"))
         .map(|m| {
@@ -301,10 +297,10 @@ fn linux_density_subjects(
         snapshot.display()
     );
     let subjects = vec![
-        linux("ember linux", EmberLinux::boot_args(run_args, &[])),
+        linux("ember linux", EmberVms::linux_boot_args(run_args, &[])),
         linux(
             "ember linux balloon",
-            EmberLinux::boot_args(run_args, &["--balloon"]),
+            EmberVms::linux_boot_args(run_args, &["--balloon"]),
         ),
         linux(
             "ember linux restored",

@@ -62,3 +62,16 @@ pub fn wait_for(rx: &Receiver<Vec<u8>>, seen: &mut String, needle: &str, limit: 
         drain(rx, seen, Duration::from_millis(50));
     }
 }
+
+/// Waits up to `limit` for the control socket at `sock` to be there; fails the test if not.
+pub fn wait_for_socket(sock: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no control socket at {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

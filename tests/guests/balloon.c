@@ -12,14 +12,6 @@
 
 #include "freestanding.h"
 
-static int failures;
-static void fail(const char *what) {
-    puts("FAIL: ");
-    puts(what);
-    puts("\n");
-    failures++;
-}
-
 enum { F_NEXT = 1, F_WRITE = 2 };
 enum { F_DEFLATE_ON_OOM = 1 << 2, F_REPORTING = 1 << 5 };
 enum { INFLATE = 0, DEFLATE = 1, REPORTING = 2, NQ = 3 };

@@ -1,7 +1,7 @@
-/* What the freestanding C test guests share: integer types, port output, the console, the
-   reset, and the virtio-mmio registers and how to find the devices ember announces on the
-   kernel command line (virtio_mmio.device=4K@ADDR:IRQ). Entered in 64-bit long mode with
-   %rsi = boot_params; no libc, no interrupts. */
+/* What the freestanding C test guests share: integer types, port output, the console, a
+   failure count, the reset, and the virtio-mmio registers and how to find the devices ember
+   announces on the kernel command line (virtio_mmio.device=4K@ADDR:IRQ). Entered in 64-bit
+   long mode with %rsi = boot_params; no libc, no interrupts. */
 #ifndef FREESTANDING_H
 #define FREESTANDING_H
 
@@ -45,6 +45,14 @@ static void putdec(u64 v) {
 static int starts(const char *s, const char *p) {
     while (*p) if (*s++ != *p++) return 0;
     return 1;
+}
+/* A check that failed: said on the console and counted; a guest ends with its verdict. */
+static int failures;
+__attribute__((unused)) static void fail(const char *what) {
+    puts("FAIL: ");
+    puts(what);
+    puts("\n");
+    failures++;
 }
 static void reset(void) {
     outb(0x64, 0xfe);

@@ -25,14 +25,6 @@ struct used_elem { u32 id; u32 len; };
 struct used { u16 flags; u16 idx; struct used_elem ring[QSIZE]; };
 struct req_hdr { u32 type; u32 reserved; u64 sector; };
 
-static int failures;
-static void fail(const char *what) {
-    puts("FAIL: ");
-    puts(what);
-    puts("\n");
-    failures++;
-}
-
 /* Queue q of the device whose rings start at `at`: 16 KiB each. */
 static struct desc *q_desc(u64 at, int q) { return (struct desc *)(at + (u64)q * 0x4000); }
 static struct avail *q_avail(u64 at, int q) { return (struct avail *)(at + (u64)q * 0x4000 + 0x1000); }

@@ -10,14 +10,6 @@
 
 #include "freestanding.h"
 
-static int failures;
-static void fail(const char *what) {
-    puts("FAIL: ");
-    puts(what);
-    puts("\n");
-    failures++;
-}
-
 enum { F_NEXT = 1, F_WRITE = 2 };
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8 };
 #define QSIZE 8

@@ -22,7 +22,7 @@ struct used { u16 flags; u16 idx; struct used_elem ring[QSIZE]; };
 static u64 ring(int q) { return 0x200000 + (u64)q * 0x4000; }
 #define RX_BUF 0x210000
 
-static void fail(const char *what) {
+static void fatal(const char *what) {
     puts("FAIL: ");
     puts(what);
     puts("\n");
@@ -35,18 +35,18 @@ static void bring_up(u64 b) {
     R(b, STATUS) = S_ACK;
     R(b, STATUS) = S_ACK | S_DRIVER;
     R(b, DEV_FEATURES_SEL) = 1;
-    if (!(R(b, DEV_FEATURES) & 1)) fail("no VERSION_1");
+    if (!(R(b, DEV_FEATURES) & 1)) fatal("no VERSION_1");
     R(b, DRV_FEATURES_SEL) = 0;
     R(b, DRV_FEATURES) = 0;
     R(b, DRV_FEATURES_SEL) = 1;
     R(b, DRV_FEATURES) = 1;
     R(b, STATUS) = S_ACK | S_DRIVER | S_FEATURES_OK;
-    if (!(R(b, STATUS) & S_FEATURES_OK)) fail("FEATURES_OK refused");
+    if (!(R(b, STATUS) & S_FEATURES_OK)) fatal("FEATURES_OK refused");
     for (u32 q = 0; q < 3; q++) {
         u64 m = ring((int)q);
         memset((void *)m, 0, 0x4000);
         R(b, QUEUE_SEL) = q;
-        if (R(b, QUEUE_NUM_MAX) < QSIZE) fail("queue too small");
+        if (R(b, QUEUE_NUM_MAX) < QSIZE) fatal("queue too small");
         R(b, QUEUE_NUM) = QSIZE;
         R(b, DESC_LO) = (u32)m;
         R(b, DESC_HI) = 0;
@@ -75,7 +75,7 @@ static u16 wait_packet(void) {
     volatile struct used *u = (volatile struct used *)(ring(0) + 0x2000);
     u64 deadline = rdtsc() + 100000000000ULL;
     while (u->idx == 0) {
-        if (rdtsc() > deadline) fail("no packet from the host");
+        if (rdtsc() > deadline) fatal("no packet from the host");
     }
     __asm__ volatile("mfence" ::: "memory");
     return *(volatile u16 *)(RX_BUF + 30);
@@ -89,19 +89,19 @@ void main_c(u8 *boot_params) {
     for (int i = 0; i < n; i++) {
         if (R(bases[i], MAGIC) == 0x74726976 && R(bases[i], DEVICE_ID) == VIRTIO_ID_VSOCK) b = bases[i];
     }
-    if (!b) fail("no vsock device");
+    if (!b) fatal("no vsock device");
     for (u64 round = 1; round <= 2; round++) {
         bring_up(b);
         puts("vsock-reset: up ");
         putdec(round);
         puts("\n");
         u16 op = wait_packet();
-        if (op != OP_REQUEST) fail("the packet is no connection request");
+        if (op != OP_REQUEST) fatal("the packet is no connection request");
         puts("vsock-reset: request ");
         putdec(round);
         puts("\n");
         R(b, STATUS) = 0;
-        if (R(b, STATUS) != 0) fail("the status is not 0 after the reset");
+        if (R(b, STATUS) != 0) fatal("the status is not 0 after the reset");
         puts("vsock-reset: reset ");
         putdec(round);
         puts("\n");
